@@ -1,0 +1,54 @@
+"""The `iotgate` command: gathers the command groups and turns every error into one line and an exit code."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from pathlib import Path
+
+import click
+
+from certs.errors import IotgateError
+from iotgate.commands import ca, cert, fleet, pki, policy, thing
+from iotgate.context import DEFAULT_HOME, AppContext, err_console
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="IOTGATE_HOME",
+              default=DEFAULT_HOME, show_default=True, show_envvar=True,
+              help="Where the PKI, device identities and the SQLite registry live.")
+@click.option("--registry", "registry_url", envvar="IOTGATE_REGISTRY", show_envvar=True, metavar="URL",
+              help="Registry URL: sqlite:///path.db (default: registry.db in the home) or postgresql://...")
+@click.version_option(package_name="iotgate")
+@click.pass_context
+def cli(ctx: click.Context, home: Path, registry_url: str | None) -> None:
+    """Per-device X.509 identities, AWS IoT policies and an mTLS gateway that enforces them."""
+    app = AppContext(home=home, registry_url=registry_url)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+for group in (pki.pki, cert.cert, ca.ca, thing.thing, policy.policy, fleet.fleet):
+    cli.add_command(group)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = cli.main(args=argv, prog_name="iotgate", standalone_mode=False)
+    except IotgateError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (OSError, sqlite3.Error) as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
