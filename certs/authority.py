@@ -75,58 +75,65 @@ class CertificateAuthority:
     key: PrivateKey
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...] = ()
-    # Derived once: every certificate this CA signs carries the same AKI and chain PEM.
+    # Derived once: every certificate this CA signs carries the same AKI and chain PEM, and the builders
+    # below are immutable, so the part shared by a batch of leaves (same validity, same profile) is built once.
     _aki: x509.AuthorityKeyIdentifier = dataclasses.field(init=False, repr=False, compare=False)
     _pem: bytes = dataclasses.field(init=False, repr=False, compare=False)
+    _templates: dict = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.certificate.public_key())
         object.__setattr__(self, "_aki", aki)
         object.__setattr__(self, "_pem", cert_pem(self.certificate))
+        object.__setattr__(self, "_templates", {})
 
     @property
     def ca_id(self) -> str:
         return certificate_id(self.certificate)
 
-    def _builder(self, subject: x509.Name, public_key, now: dt.datetime, days: int, serial: int | None):
-        not_after = now + dt.timedelta(days=days)
-        if not_after > self.certificate.not_valid_after_utc:
-            not_after = self.certificate.not_valid_after_utc
-        return (
-            x509.CertificateBuilder()
+    def _template(self, now: dt.datetime, days: int, profile: tuple) -> x509.CertificateBuilder:
+        """Issuer, validity, AKI and the profile's extensions: everything but subject, key, serial and SKI."""
+        key = (now, days, profile)
+        builder = self._templates.get(key)
+        if builder is None:
+            not_after = min(now + dt.timedelta(days=days), self.certificate.not_valid_after_utc)
+            builder = (
+                x509.CertificateBuilder()
+                .issuer_name(self.certificate.subject)
+                .not_valid_before(now - BACKDATE)
+                .not_valid_after(not_after)
+                .add_extension(self._aki, critical=False)
+            )
+            for extension, critical in _profile_extensions(profile):
+                builder = builder.add_extension(extension, critical=critical)
+            if len(self._templates) >= 16:
+                self._templates.clear()
+            self._templates[key] = builder
+        return builder
+
+    def _issue(self, subject: x509.Name, public_key, *, now: dt.datetime, days: int, profile: tuple,
+               serial: int | None, sans: list[x509.GeneralName] | None = None) -> x509.Certificate:
+        builder = (
+            self._template(now, days, profile)
             .subject_name(subject)
-            .issuer_name(self.certificate.subject)
             .public_key(public_key)
             .serial_number(serial or random_serial())
-            .not_valid_before(now - BACKDATE)
-            .not_valid_after(not_after)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-            .add_extension(self._aki, critical=False)
         )
-
-    def _sign(self, builder: x509.CertificateBuilder) -> x509.Certificate:
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         return builder.sign(self.key, _hash_for(self.key))
 
     def issue_ca(self, key: PrivateKey, cn: str, *, now: dt.datetime, days: int = DEFAULT_ISSUING_DAYS,
                  organization: str | None = "iotgate", serial: int | None = None) -> CertificateAuthority:
         """An intermediate CA under this one, path length 0: it can sign leaves only."""
-        builder = (
-            self._builder(_name(cn, organization), key.public_key(), now, days, serial)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_ca_key_usage(), critical=True)
-        )
-        return CertificateAuthority(key, self._sign(builder), (self.certificate, *self.chain))
+        cert = self._issue(_name(cn, organization), key.public_key(), now=now, days=days, profile=("ca", 0),
+                           serial=serial)
+        return CertificateAuthority(key, cert, (self.certificate, *self.chain))
 
     def _leaf(self, subject: x509.Name, public_key, eku, *, now, days, serial, sans=None) -> x509.Certificate:
-        builder = (
-            self._builder(subject, public_key, now, days, serial)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_leaf_key_usage(public_key), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
-        )
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        return self._sign(builder)
+        profile = ("leaf", eku, isinstance(public_key, rsa.RSAPublicKey))
+        return self._issue(subject, public_key, now=now, days=days, profile=profile, serial=serial, sans=sans)
 
     def issue_server(self, key: PrivateKey, names: Iterable[str], *, now: dt.datetime,
                      days: int = DEFAULT_SERVER_DAYS, serial: int | None = None) -> x509.Certificate:
@@ -188,10 +195,10 @@ def build_root_ca(key: PrivateKey, cn: str, *, now: dt.datetime, days: int = DEF
         .serial_number(serial or random_serial())
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-        .add_extension(_ca_key_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
+    for extension, critical in _profile_extensions(("ca", 1)):
+        builder = builder.add_extension(extension, critical=critical)
     return CertificateAuthority(key, builder.sign(key, _hash_for(key)))
 
 
@@ -252,19 +259,23 @@ def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def _ca_key_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-        key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
-    )
-
-
-def _leaf_key_usage(public_key) -> x509.KeyUsage:
-    rsa_key = isinstance(public_key, rsa.RSAPublicKey)
-    return x509.KeyUsage(
-        digital_signature=True, content_commitment=False, key_encipherment=rsa_key, data_encipherment=False,
-        key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
-    )
+def _profile_extensions(profile: tuple) -> list[tuple[x509.ExtensionType, bool]]:
+    """("ca", pathlen) or ("leaf", eku_oid, rsa_key): basicConstraints, keyUsage and extendedKeyUsage."""
+    if profile[0] == "ca":
+        return [
+            (x509.BasicConstraints(ca=True, path_length=profile[1]), True),
+            (x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                           data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                           encipher_only=False, decipher_only=False), True),
+        ]
+    _, eku, rsa_key = profile
+    return [
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        (x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=rsa_key,
+                       data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                       encipher_only=False, decipher_only=False), True),
+        (x509.ExtendedKeyUsage([eku]), False),
+    ]
 
 
 def _general_name(name: str) -> x509.GeneralName:

@@ -132,6 +132,20 @@ def sign_csr(registry: Registry, issuer: CertificateAuthority, csr_bytes: bytes,
     return register_certificate(registry, thing, cert, pem, issuer.ca_id, policies), pem
 
 
+def register_own_cas(registry: Registry, store: PKIStore) -> list[str]:
+    """Register the home's root and issuing CAs (ACTIVE, own) so the gateway trusts them; idempotent."""
+    ids = []
+    for cert in (store.root_certificate(), store.issuing_certificate()):
+        ca_id = certificate_id(cert)
+        try:
+            registry.get_ca(ca_id)
+        except NotFound:
+            registry.register_ca(ca_id, cert_pem(cert).decode(), cert.subject.rfc4514_string(), status="ACTIVE",
+                                 is_own=True)
+        ids.append(ca_id)
+    return ids
+
+
 def rewrite_crl(store: PKIStore, registry: Registry, issuer: CertificateAuthority, now: dt.datetime) -> int:
     revoked = [(int(serial, 16), when) for serial, when in registry.revoked_serials(issuer.ca_id)]
     store.write_crl(issuer.build_crl(revoked, now=now))

@@ -6,12 +6,12 @@ import click
 
 from cryptography import x509
 
-from certs.authority import cert_pem, certificate_id, common_name, load_certificates
+from certs.authority import certificate_id, common_name, load_certificates
 from certs.keys import KeyType
 from certs.store import PASSPHRASE_ENV
 from gateway.registry import NotFound
 from iotgate.context import AppContext, console, emit_json, json_option, pass_app, when
-from iotgate.provisioning import rewrite_crl
+from iotgate.provisioning import register_own_cas, rewrite_crl
 
 
 @click.group()
@@ -30,21 +30,21 @@ def pki() -> None:
 def init(app: AppContext, key_type: str, server_names: tuple[str, ...], force: bool) -> None:
     """Create the PKI in the home and register its CAs."""
     store = app.store
+    # A shared registry is opened first, so an unreachable database refuses before any file is written.
+    registry = app.registry() if app.registry_url else None
     old_ids = []
     if force and store.exists():
         old_ids = [certificate_id(c) for c in (store.root_certificate(), store.issuing_certificate())]
     made = store.init(key_type=key_type, server_names=server_names, now=app.clock(),
                       passphrase=app.passphrase(), force=force)
-    registry = app.registry()
+    registry = registry or app.registry()
     for old in old_ids:
         if old not in (made.root.ca_id, made.issuing.ca_id):
             try:
                 registry.set_ca_status(old, "INACTIVE")
             except NotFound:  # the old PKI was never registered in this registry
                 pass
-    for authority in (made.root, made.issuing):
-        registry.register_ca(authority.ca_id, cert_pem(authority.certificate).decode(),
-                             authority.certificate.subject.rfc4514_string(), status="ACTIVE", is_own=True)
+    register_own_cas(registry, store)
     rewrite_crl(store, registry, made.issuing, app.clock())
     p = store.paths
     console.print(f"PKI created in [bold]{app.home}[/] ({key_type})")

@@ -31,6 +31,7 @@ class CLI:
         self.capsys.readouterr()
         self.monkeypatch.setenv("COLUMNS", "200")
         try:
+            # global options (--registry URL) may come first, as a user would type them
             main(["--home", str(self.home), *args])
             code = 0
         except SystemExit as exc:

@@ -280,3 +280,16 @@ def test_console_script_has_no_traceback(tmp_path: Path):
     assert out.returncode == 2 and "no iotgate home" in out.stderr and "Traceback" not in out.stderr
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "fleet" in out.stdout and "policy" in out.stdout
+
+
+@pytest.mark.postgres
+def test_fleet_on_a_postgresql_registry(cli, postgres_url: str):
+    cli("--registry", postgres_url, "pki", "init")
+    report = cli("--registry", postgres_url, "fleet", "provision", "--count", "6", "--workers", "2", "--json").json()
+    assert report["issued"] == 6
+    assert len(cli("--registry", postgres_url, "cert", "list", "--json").json()) == 6
+    assert not (cli.home / "registry.db").exists()
+    cid = cli("--registry", postgres_url, "thing", "show", "device-00003", "--json").json()["certificates"][0]
+    cli("--registry", postgres_url, "cert", "revoke", cid["certificateId"])
+    crl = x509.load_pem_x509_crl((cli.home / "crl.pem").read_bytes())
+    assert len(list(crl)) == 1

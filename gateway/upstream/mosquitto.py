@@ -1,0 +1,206 @@
+"""Mosquitto as the upstream broker: its configuration, rendered from one template, and a process runner.
+
+The same rendering serves the tests, `make demo` and docker-compose.yml (`iotgate broker config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import shutil
+import socket
+import string
+import subprocess
+import time
+from pathlib import Path
+
+from certs.errors import IotgateError
+from certs.keys import write_file, write_private_file
+from certs.store import GATEWAY_CLIENT_CN, PKIPaths
+
+TEMPLATE = Path(__file__).with_name("mosquitto.conf.template")
+DEFAULT_MAX_PACKET_SIZE = 128 * 1024 + 512
+
+
+class BrokerError(IotgateError):
+    pass
+
+
+def find_mosquitto() -> str:
+    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise BrokerError("mosquitto is not installed: `apt-get install -y mosquitto` (make test and make demo do it)")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """Where the broker listens and which files of the iotgate home it uses."""
+
+    pki: PKIPaths
+    directory: Path  # rendered config, ACL, password file and unix socket live here (0700)
+    host: str = "127.0.0.1"
+    port: int = 8884
+    unix_socket: bool = False
+    username: str = GATEWAY_CLIENT_CN
+    run_as_root: bool = dataclasses.field(default_factory=lambda: os.geteuid() == 0)
+    max_packet_size: int = DEFAULT_MAX_PACKET_SIZE
+
+    @property
+    def conf_path(self) -> Path:
+        return self.directory / "mosquitto.conf"
+
+    @property
+    def acl_path(self) -> Path:
+        return self.directory / "acl"
+
+    @property
+    def password_path(self) -> Path:
+        return self.directory / "passwd"
+
+    @property
+    def secret_path(self) -> Path:
+        """The gateway's own password for the unix socket listener (0600, never logged)."""
+        return self.directory / "gateway.secret"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.directory / "mqtt.sock"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}" if self.unix_socket else f"mqtts://{self.host}:{self.port}"
+
+
+def render(config: BrokerConfig) -> str:
+    """The broker configuration text: mTLS listener requiring the gateway's certificate, optional unix socket."""
+    unix = ""
+    if config.unix_socket:
+        unix = "\n".join([
+            "",
+            "# the co-located gateway: its own username and password, never anonymous",
+            f"listener 0 {config.socket_path}",
+            "allow_anonymous false",
+            f"password_file {config.password_path}",
+            f"acl_file {config.acl_path}",
+        ])
+    return string.Template(TEMPLATE.read_text()).substitute(
+        user_line="user root" if config.run_as_root else "",
+        max_packet_size=config.max_packet_size,
+        host=config.host,
+        port=config.port,
+        cafile=config.pki.chain,
+        certfile=config.pki.server_cert,
+        keyfile=config.pki.server_key,
+        crlfile=config.pki.crl,
+        acl_file=config.acl_path,
+        unix_listener=unix,
+    )
+
+
+def write_config(config: BrokerConfig) -> Path:
+    """Render the configuration, the ACL (the gateway identity alone) and, for a unix socket, the password."""
+    config.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(config.directory, 0o700)
+    write_file(config.acl_path, f"# only the iotgate gateway's own identity may use this broker\n"
+                                f"user {config.username}\ntopic readwrite #\n".encode(), mode=0o600)
+    if config.unix_socket:
+        if not config.secret_path.exists():
+            write_private_file(config.secret_path, secrets.token_urlsafe(32).encode())
+        _write_password_file(config)
+    write_file(config.conf_path, render(config).encode(), mode=0o600)
+    return config.conf_path
+
+
+def gateway_password(config: BrokerConfig) -> str:
+    return config.secret_path.read_text().strip()
+
+
+def _write_password_file(config: BrokerConfig) -> None:
+    passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    config.password_path.unlink(missing_ok=True)
+    fd = os.open(config.password_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    proc = subprocess.run([passwd, "-b", str(config.password_path), config.username, gateway_password(config)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BrokerError(f"mosquitto_passwd failed: {proc.stderr.strip() or proc.stdout.strip()}")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class MosquittoProcess:
+    """A Mosquitto child process on a rendered configuration; ready once its listener accepts."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = config.directory / "mosquitto.log"
+
+    def start(self, timeout: float = 10.0) -> MosquittoProcess:
+        conf = write_config(self.config)
+        log = open(self.log_path, "ab")
+        try:
+            self.process = subprocess.Popen([find_mosquitto(), "-c", str(conf)], stdout=log, stderr=log,
+                                            stdin=subprocess.DEVNULL)
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BrokerError(f"mosquitto exited with {self.process.returncode}: {self.log_tail()}")
+            if self._accepting():
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise BrokerError(f"mosquitto did not open its listener within {timeout:.0f} s: {self.log_tail()}")
+
+    def _accepting(self) -> bool:
+        cfg = self.config
+        try:
+            if cfg.unix_socket:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.settimeout(0.2)
+                    s.connect(str(cfg.socket_path))
+            with socket.create_connection((cfg.host, cfg.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def kill(self) -> None:
+        """Abrupt stop (SIGKILL): what a crash looks like to the gateway."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+
+    def __enter__(self) -> MosquittoProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
