@@ -11,6 +11,13 @@ import os
 import uuid
 
 import pytest
+from hypothesis import settings
+
+# CI runs the same examples every time (a failure reproduces); both profiles drop the per-example deadline,
+# which only measures how busy the machine is.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 PG_DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 _pg_state: dict[str, object] = {}
