@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-console = Console(highlight=False)
+console = Console(highlight=False, width=max(100, shutil.get_terminal_size((120, 30)).columns))
 IOTGATE = [str(Path(sys.executable).with_name("iotgate"))]
 
 
@@ -34,7 +34,7 @@ def run(args: list[str], *, home: Path, expect: int | tuple[int, ...] = 0, show:
     cmd = [*IOTGATE, "--home", str(home), *args] if args[0] != "openssl" else args
     shown = ["iotgate", *args] if args[0] != "openssl" else args
     if show:
-        console.print(f"\n[bold cyan]$ {shlex.join(shown)}[/]")
+        console.print(f"\n[bold cyan]$ {shlex.join(shown)}[/]", soft_wrap=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"})
     expected = (expect,) if isinstance(expect, int) else expect
     if not quiet:

@@ -293,3 +293,52 @@ def test_fleet_on_a_postgresql_registry(cli, postgres_url: str):
     cli("--registry", postgres_url, "cert", "revoke", cid["certificateId"])
     crl = x509.load_pem_x509_crl((cli.home / "crl.pem").read_bytes())
     assert len(list(crl)) == 1
+
+
+def test_policy_test_decides_with_exit_codes_and_testauthorization_json(pki_cli, tmp_path: Path):
+    cli = pki_cli
+    cli("fleet", "provision", "--count", "2")
+    r = cli("policy", "test", "--thing", "device-00001", "--action", "iot:Publish", "--resource",
+            "topic/dt/device-00001/temp")
+    assert r.out.startswith("ALLOW") and "iotgate-device version 1 Statement[1]" in r.out
+    r = cli("policy", "test", "--thing", "device-00001", "--action", "iot:Publish", "--resource",
+            "topic/dt/device-00002/temp", expect=1)
+    assert r.out.startswith("DENY") and "implicit deny" in r.out
+    # another device's client id: the thing variable does not resolve, so Connect is denied
+    cli("policy", "test", "--thing", "device-00001", "--action", "iot:Connect", "--resource", "client/device-00002",
+        "--client-id", "device-00002", expect=1)
+    deny = {"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Action": "iot:Publish",
+                                                    "Resource": "arn:aws:iot:*:*:topic/dt/*/secret"}]}
+    f = tmp_path / "no-secret.json"
+    f.write_text(json.dumps(deny))
+    cli("policy", "create", "no-secret", str(f))
+    cli("policy", "attach", "no-secret", "--thing", "device-00001")
+    r = cli("policy", "test", "--thing", "device-00001", "--action", "iot:Publish", "--resource",
+            "topic/dt/device-00001/secret", "--json", expect=1)
+    result = r.json()["authResults"][0]
+    assert result["authDecision"] == "EXPLICIT_DENY"
+    assert [p["policyName"] for p in result["denied"]["explicitDeny"]["policies"]] == ["no-secret"]
+    assert result["authInfo"] == {"actionType": "PUBLISH", "resources": [
+        "arn:aws:iot:us-east-1:123456789012:topic/dt/device-00001/secret"]}
+    r = cli("policy", "test", "--cert", cli("cert", "list", "--thing", "device-00001", "--json").json()[0]
+            ["certificateId"], "--action", "iot:Subscribe", "--resource", "topicfilter/cmd/device-00001/#",
+            "--json")
+    assert r.json()["authResults"][0]["authDecision"] == "ALLOWED"
+
+
+def test_policy_lint(pki_cli, tmp_path: Path):
+    loose = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "iot:*", "Resource": "*"},
+        {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/*"},
+    ]}
+    f = tmp_path / "loose.json"
+    f.write_text(json.dumps(loose))
+    r = pki_cli("policy", "lint", str(f), "--json", expect=1)
+    assert {finding["statement"] for finding in r.json()} == {0, 1}
+    r = pki_cli("policy", "lint", str(f), expect=1)
+    assert "Statement[0]" in r.out and "Statement[1]" in r.out
+    pki_cli("fleet", "provision", "--count", "1")
+    r = pki_cli("policy", "lint", "iotgate-device")
+    assert "no overly permissive statement" in r.out
+    r = pki_cli("policy", "lint", "nope", expect=2)
+    assert "neither a policy file nor a registered policy" in r.err
