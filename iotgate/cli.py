@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from certs.errors import IotgateError
+from gateway.cli import broker, gateway
 from iotgate.commands import ca, cert, fleet, pki, policy, thing
 from iotgate.context import DEFAULT_HOME, AppContext, err_console
 
@@ -28,7 +29,7 @@ def cli(ctx: click.Context, home: Path, registry_url: str | None) -> None:
     ctx.call_on_close(app.close)
 
 
-for group in (pki.pki, cert.cert, ca.ca, thing.thing, policy.policy, fleet.fleet):
+for group in (pki.pki, cert.cert, ca.ca, thing.thing, policy.policy, fleet.fleet, gateway, broker):
     cli.add_command(group)
 
 

@@ -46,6 +46,9 @@ class BrokerConfig:
     username: str = GATEWAY_CLIENT_CN
     run_as_root: bool = dataclasses.field(default_factory=lambda: os.geteuid() == 0)
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE
+    # Extra ACL lines appended after the gateway's own, e.g. `pattern readwrite dt/%u/#` for devices that talk
+    # to this broker directly (the device simulator's tests and benchmarks); empty for the gateway's upstream.
+    acl_extra: str = ""
 
     @property
     def conf_path(self) -> Path:
@@ -100,11 +103,14 @@ def render(config: BrokerConfig) -> str:
 
 
 def write_config(config: BrokerConfig) -> Path:
-    """Render the configuration, the ACL (the gateway identity alone) and, for a unix socket, the password."""
+    """Render the configuration, the ACL (the gateway identity, then `acl_extra`) and, for a unix socket,
+    the password."""
     config.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(config.directory, 0o700)
-    write_file(config.acl_path, f"# only the iotgate gateway's own identity may use this broker\n"
-                                f"user {config.username}\ntopic readwrite #\n".encode(), mode=0o600)
+    acl = f"# only the iotgate gateway's own identity may use this broker\nuser {config.username}\ntopic readwrite #\n"
+    if config.acl_extra:
+        acl += f"\n# extra rules of this broker's configuration\n{config.acl_extra.rstrip()}\n"
+    write_file(config.acl_path, acl.encode(), mode=0o600)
     if config.unix_socket:
         if not config.secret_path.exists():
             write_private_file(config.secret_path, secrets.token_urlsafe(32).encode())

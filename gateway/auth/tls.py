@@ -1,0 +1,142 @@
+"""Device-side TLS: the server context and the transport seam that turns an accepted socket into a TLS stream.
+
+One server SSLContext at a time: TLS 1.2+, the gateway's server certificate, client certificate REQUIRED and
+chain-verified by OpenSSL against every CA in the registry (whatever its status: the status is checked after
+the handshake so a refusal is logged with the certificate id). The context is rebuilt only when the CA set
+changes; a connection uses the context current when it was accepted.
+
+``TLSAcceptor`` is the seam: ``accept(sock, protocol_factory)`` returns the transport wired to the protocol
+and what the handshake established (peer certificate, SNI, version). The session code never sees which
+implementation ran the handshake (stdlib ssl on the event loop here; a memory-BIO one can replace it).
+
+What the shell needs of the returned transport: ``writelines``, ``close`` (flush, then close_notify),
+``abort``, ``is_closing``, ``pause_reading`` / ``resume_reading``; and it calls the protocol's
+``data_received`` (plaintext), ``connection_lost``, ``pause_writing`` / ``resume_writing``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PeerTLS:
+    """What the handshake established about the peer."""
+
+    der: bytes
+    server_name: str | None
+    version: str | None
+    cipher: str | None
+
+
+class HandshakeFailed(Exception):
+    """The TLS handshake did not complete; ``key`` is the metric label, ``reason`` the log text."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(reason)
+        self.key = key
+        self.reason = reason
+
+
+class TLSAcceptor(Protocol):
+    """The device TLS transport seam."""
+
+    def set_trust(self, ca_pems: Sequence[str]) -> bool:
+        """Trust exactly these CA certificates for new connections; True when the context was rebuilt."""
+
+    async def accept(self, sock: socket.socket, protocol_factory: Callable[[], asyncio.Protocol]
+                     ) -> tuple[asyncio.Transport, asyncio.Protocol, PeerTLS]:
+        """Run the server handshake on an accepted socket (raises HandshakeFailed)."""
+
+
+def _sni(sslobj, server_name: str | None, _ctx) -> None:
+    # Remember the SNI on the connection's SSL object; a client that sends none is accepted (and logged so).
+    try:
+        sslobj.iotgate_sni = server_name
+    except AttributeError:  # pragma: no cover - an SSL object without a __dict__
+        pass
+
+
+def server_context(cert: Path, key: Path, ca_pems: Sequence[str]) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert), str(key))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION
+    cadata = "".join(pem if pem.endswith("\n") else pem + "\n" for pem in ca_pems)
+    if cadata:
+        ctx.load_verify_locations(cadata=cadata)
+    ctx.sni_callback = _sni
+    return ctx
+
+
+def classify(exc: BaseException) -> HandshakeFailed:
+    """A handshake failure as (metric label, reason text)."""
+    if isinstance(exc, HandshakeFailed):
+        return exc
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = exc.verify_message or exc.reason or str(exc)
+        key = "certificate_expired" if "expired" in detail else "certificate_verify_failed"
+        return HandshakeFailed(key, f"client certificate refused: {detail}")
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or ""
+        if reason in ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "CERTIFICATE_REQUIRED"):
+            return HandshakeFailed("no_client_certificate", "no client certificate presented")
+        if reason in ("UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION", "NO_PROTOCOLS_AVAILABLE"):
+            return HandshakeFailed("tls_version", f"TLS version refused ({reason}); TLS 1.2 or 1.3 is required")
+        if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE"):
+            return HandshakeFailed("not_tls", f"not a TLS handshake ({reason}): plaintext on the TLS port?")
+        return HandshakeFailed("handshake_failed", f"TLS handshake failed: {reason or exc}")
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) or "taking longer" in str(exc):
+        return HandshakeFailed("handshake_timeout", "TLS handshake did not complete within the deadline")
+    if isinstance(exc, (ConnectionError, EOFError)):
+        return HandshakeFailed("handshake_aborted", "connection closed during the TLS handshake")
+    return HandshakeFailed("handshake_failed", f"TLS handshake failed: {type(exc).__name__}: {exc}")
+
+
+class StdlibTLSAcceptor:
+    """uvloop/asyncio + stdlib ssl: ``connect_accepted_socket`` with the current server context."""
+
+    def __init__(self, cert: Path, key: Path, ca_pems: Sequence[str] = (), *, handshake_timeout: float = 10.0) -> None:
+        self.cert = Path(cert)
+        self.key = Path(key)
+        self.handshake_timeout = handshake_timeout
+        self._cas: tuple[str, ...] = tuple(ca_pems)
+        self.context = server_context(self.cert, self.key, self._cas)
+        self.rebuilds = 0
+
+    def set_trust(self, ca_pems: Sequence[str]) -> bool:
+        cas = tuple(ca_pems)
+        if cas == self._cas:
+            return False
+        self.context = server_context(self.cert, self.key, cas)
+        self._cas = cas
+        self.rebuilds += 1
+        return True
+
+    async def accept(self, sock: socket.socket, protocol_factory: Callable[[], asyncio.Protocol]
+                     ) -> tuple[asyncio.Transport, asyncio.Protocol, PeerTLS]:
+        loop = asyncio.get_running_loop()
+        try:
+            transport, protocol = await loop.connect_accepted_socket(
+                protocol_factory, sock, ssl=self.context, ssl_handshake_timeout=self.handshake_timeout)
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every handshake failure is classified and logged
+            sock.close()
+            raise classify(exc) from None
+        sslobj = transport.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        if not der:  # CERT_REQUIRED makes this unreachable; never accept a connection without one
+            transport.abort()
+            raise HandshakeFailed("no_client_certificate", "no client certificate presented")
+        cipher = sslobj.cipher()
+        return transport, protocol, PeerTLS(der, getattr(sslobj, "iotgate_sni", None), sslobj.version(),
+                                            cipher[0] if cipher else None)

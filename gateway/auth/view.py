@@ -1,0 +1,112 @@
+"""What the gateway knows of the registry: an immutable view built from one Snapshot, off the event loop.
+
+Policies are parsed once per snapshot (a document unchanged since the previous view is reused as is);
+each certificate gets a fingerprint of everything its authorization depends on, so a registry change
+touches only the live sessions whose fingerprint moved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from gateway.policy import PolicyDocument, PolicyError, ThingInfo, parse_policy
+from gateway.registry import Snapshot
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CertState:
+    """The authorization-relevant state of one certificate (compared to detect changes)."""
+
+    status: str
+    ca_id: str | None
+    ca_status: str | None
+    policies: tuple[tuple[str, str, str], ...]  # (name, version, compact text)
+    things: tuple[tuple[str, str | None, tuple[tuple[str, str], ...]], ...]
+
+
+class AuthView:
+    """Read-only registry view: CA set and statuses, certificates, parsed policies, things."""
+
+    __slots__ = ("counter", "cas", "ca_pems", "ca_set", "certificates", "cert_policies", "cert_things", "things",
+                 "policies", "policy_errors", "_parsed", "_states")
+
+    def __init__(self, snapshot: Snapshot, previous: AuthView | None = None) -> None:
+        self.counter = snapshot.counter
+        self.cas = {ca_id: ca.status for ca_id, ca in snapshot.cas.items()}
+        self.ca_pems = tuple(snapshot.cas[ca_id].pem for ca_id in sorted(snapshot.cas))
+        self.ca_set = frozenset(snapshot.cas)
+        self.certificates = snapshot.certificates
+        self.cert_policies = snapshot.cert_policies
+        self.cert_things = snapshot.cert_things
+        self.things = snapshot.things
+        self.policies: dict[str, PolicyDocument] = {}
+        self.policy_errors: dict[str, str] = {}
+        # (name, version, source text) -> parsed document or error text, carried over between views
+        self._parsed: dict[tuple[str, str, str], PolicyDocument | str] = {}
+        old = previous._parsed if previous is not None else {}
+        for name, policy in snapshot.policies.items():
+            key = (name, str(policy.default_version_id), policy.document)
+            parsed = old.get(key)
+            if parsed is None:
+                try:
+                    parsed = parse_policy(policy.document, name=name, version=key[1])
+                except PolicyError as exc:
+                    parsed = str(exc)
+            self._parsed[key] = parsed
+            if isinstance(parsed, str):
+                self.policy_errors[name] = parsed
+            else:
+                self.policies[name] = parsed
+        self._states: dict[str, CertState] = {}
+
+    def ca_status(self, ca_id: str | None) -> str | None:
+        return self.cas.get(ca_id) if ca_id else None
+
+    def thing_infos(self, certificate_id: str) -> tuple[ThingInfo, ...]:
+        infos = []
+        for name in self.cert_things.get(certificate_id, ()):
+            thing = self.things.get(name)
+            if thing is not None:
+                infos.append(ThingInfo(name=thing.name, thing_type=thing.thing_type, attributes=thing.attributes))
+        return tuple(infos)
+
+    def state(self, certificate_id: str) -> CertState | None:
+        """The fingerprint of one certificate's authorization inputs, or None when it is not registered."""
+        state = self._states.get(certificate_id)
+        if state is not None:
+            return state
+        cert = self.certificates.get(certificate_id)
+        if cert is None:
+            return None
+        policies = []
+        for name in self.cert_policies.get(certificate_id, ()):
+            doc = self.policies.get(name)
+            if doc is None:
+                policies.append((name, "?", self.policy_errors.get(name, "missing")))
+            else:
+                policies.append((name, doc.version, doc.text))
+        things = []
+        for name in self.cert_things.get(certificate_id, ()):
+            thing = self.things.get(name)
+            if thing is not None:
+                things.append((thing.name, thing.thing_type, tuple(sorted(thing.attributes.items()))))
+        state = CertState(cert.status, cert.ca_id, self.ca_status(cert.ca_id), tuple(policies), tuple(things))
+        self._states[certificate_id] = state
+        return state
+
+
+def empty_view() -> AuthView:
+    return AuthView(Snapshot(counter=-1, things={}, cas={}, certificates={}, policies={}, cert_policies={},
+                             cert_things={}))
+
+
+def attached_documents(view: AuthView, certificate_id: str) -> tuple[list[PolicyDocument], list[str]]:
+    """The parsed policies attached to a certificate and the problems of those that cannot be used."""
+    docs: list[PolicyDocument] = []
+    problems: list[str] = []
+    for name in view.cert_policies.get(certificate_id, ()):
+        doc = view.policies.get(name)
+        if doc is None:
+            problems.append(f"policy {name!r} cannot be used: {view.policy_errors.get(name, 'not found')}")
+        else:
+            docs.append(doc)
+    return docs, problems

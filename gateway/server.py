@@ -1,0 +1,781 @@
+"""The gateway's event-loop shell: listener, TLS, timers, upstream connections, registry refresh, drain.
+
+Everything protocol-related happens in gateway.session (sans-IO); this module moves bytes and time:
+
+    accept loop (one task)  ->  per connection: one task that runs the TLS handshake through the transport
+                                seam (gateway.auth.tls), opens the upstream when the session asks, and waits
+                                for the end; packets are handled in protocol callbacks (no task per packet)
+    registry watcher (one task) polls the change counter in a worker thread, builds the next view there and
+                                applies it on the loop: TLS trust rebuilt when the CA set changed, live
+                                sessions of changed certificates closed or re-evaluated
+    stats writer / metrics endpoint
+
+A failure inside one connection (a bug, a malformed packet, an abrupt close) ends that connection only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import secrets
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+
+import orjson
+
+from certs.keys import write_file
+from certs.store import PKIPaths
+from gateway.auth import (
+    AuthRefusal,
+    AuthView,
+    HandshakeFailed,
+    StdlibTLSAcceptor,
+    TLSAcceptor,
+    X509Authenticator,
+    empty_view,
+)
+from gateway.config import GatewayConfig
+from gateway.observe import AccessLog, Metrics
+from gateway.observe.http import start_metrics_server
+from gateway.registry import Registry, RegistryError
+from gateway.session import Close, Peer, RateLimiter, Session, State
+from gateway.upstream.link import UpstreamConnector, parse_upstream_url
+
+CLOSE_GRACE = 2.0  # seconds a closing device may take to read its last packets before it is aborted
+
+
+class SessionDirectory:
+    """Which connection holds which client id (in this process).
+
+    ``claim`` returns the previous holder, which the caller closes (AWS IoT: the new connection wins). A
+    shared registry of several gateway nodes would call ``remote_claim`` when another node took a client id.
+    """
+
+    def __init__(self) -> None:
+        self._holders: dict[str, Connection] = {}
+
+    def claim(self, client_id: str, conn: Connection) -> Connection | None:
+        old = self._holders.get(client_id)
+        self._holders[client_id] = conn
+        return old if old is not conn else None
+
+    def release(self, client_id: str, conn: Connection) -> None:
+        if self._holders.get(client_id) is conn:
+            del self._holders[client_id]
+
+    def remote_claim(self, client_id: str) -> None:
+        old = self._holders.pop(client_id, None)
+        if old is not None:
+            old.take_over()
+
+    def get(self, client_id: str) -> Connection | None:
+        return self._holders.get(client_id)
+
+    def __len__(self) -> int:
+        return len(self._holders)
+
+
+class _DeviceProtocol(asyncio.Protocol):
+    __slots__ = ("conn", "early", "transport")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.early: list[bytes] | None = []  # bytes that arrive before the session exists
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.early is not None:
+            self.early.append(data)
+        else:
+            self.conn.device_data(data)
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.conn.device_closed(exc)
+
+    def pause_writing(self) -> None:
+        self.conn.backpressure(device_full=True)
+
+    def resume_writing(self) -> None:
+        self.conn.backpressure(device_full=False)
+
+
+class _UpstreamProtocol(asyncio.Protocol):
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.upstream_data(data)
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.conn.upstream_closed(exc)
+
+    def pause_writing(self) -> None:
+        self.conn.backpressure(upstream_full=True)
+
+    def resume_writing(self) -> None:
+        self.conn.backpressure(upstream_full=False)
+
+
+class Connection:
+    """The shell around one Session: its two transports, its timers, and the effects of ``session.out``."""
+
+    __slots__ = ("gw", "loop", "addr", "session", "device", "device_protocol", "upstream", "der", "certificate_id",
+                 "client_id", "done", "want_upstream", "last_up_tx", "_timer", "_abort_timer", "_active",
+                 "_device_full", "_upstream_full")
+
+    def __init__(self, gateway: Gateway, addr: tuple) -> None:
+        self.gw = gateway
+        self.loop = gateway.loop
+        self.addr = addr
+        self.session: Session | None = None
+        self.device = None
+        self.device_protocol = _DeviceProtocol(self)
+        self.upstream = None
+        self.der: bytes = b""
+        self.certificate_id: str | None = None
+        self.client_id: str | None = None
+        self.done = self.loop.create_future()
+        self.want_upstream = self.loop.create_future()
+        self.last_up_tx = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
+        self._active = False
+        self._device_full = False
+        self._upstream_full = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, session: Session, transport) -> None:
+        self.session = session
+        self.device = transport
+        self.certificate_id = session.certificate_id
+        early, self.device_protocol.early = self.device_protocol.early, None
+        self._timer = self.loop.call_later(self.gw.config.limits.connect_timeout, self._connect_deadline)
+        if self.device.is_closing():
+            self.device_closed(None)
+            return
+        for data in early or ():
+            self.device_data(data)
+
+    @property
+    def closed(self) -> bool:
+        return self.done.done()
+
+    def _connect_deadline(self) -> None:
+        self._timer = None
+        if self.session is not None and self.session.state is State.AWAIT_CONNECT:
+            self._step("connect deadline", self.session.connect_timeout)
+
+    # ------------------------------------------------------------------ inputs
+
+    def _step(self, where: str, fn: Callable, *args) -> None:
+        """Run one session input and apply its effects; a bug ends this connection only."""
+        try:
+            fn(*args)
+            self.flush()
+        except Exception as exc:  # noqa: BLE001
+            self._crash(where, exc)
+
+    def device_data(self, data: bytes) -> None:
+        session = self.session
+        if session is not None and not self.closed:
+            self._step("device packet", session.receive_device, data, self.loop.time())
+
+    def upstream_data(self, data: bytes) -> None:
+        session = self.session
+        if session is not None and not self.closed:
+            self._step("upstream packet", session.receive_upstream, data)
+
+    def device_closed(self, exc: BaseException | None) -> None:
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+            self._abort_timer = None
+        if self.session is None:
+            self._finish_quietly()
+            return
+        if not self.closed:
+            detail = "connection closed by the device" if exc is None else f"connection lost: {exc}"
+            self._step("device close", self.session.device_lost, detail)
+
+    def upstream_closed(self, exc: BaseException | None) -> None:
+        self.upstream = None
+        if self.session is not None and not self.closed:
+            detail = "connection closed by the broker" if exc is None else str(exc)
+            self._step("upstream close", self.session.upstream_lost, detail)
+
+    def take_over(self) -> None:
+        if self.session is not None and not self.closed:
+            self._step("takeover", self.session.taken_over)
+
+    def shutdown(self) -> None:
+        if self.session is not None and not self.closed:
+            self._step("shutdown", self.session.shutdown)
+
+    def update_auth(self, auth) -> None:
+        if self.session is not None and not self.closed:
+            self._step("registry change", self.session.update_auth, auth)
+
+    def backpressure(self, *, device_full: bool | None = None, upstream_full: bool | None = None) -> None:
+        # A slow reader on one side pauses reading from the other: memory per connection stays bounded.
+        if device_full is not None:
+            self._device_full = device_full
+            if self.upstream is not None and not self.upstream.is_closing():
+                (self.upstream.pause_reading if device_full else self.upstream.resume_reading)()
+        if upstream_full is not None:
+            self._upstream_full = upstream_full
+            if self.device is not None and not self.device.is_closing():
+                (self.device.pause_reading if upstream_full else self.device.resume_reading)()
+
+    # ------------------------------------------------------------------ effects
+
+    def flush(self) -> None:
+        session = self.session
+        out = session.out
+        if out.device:
+            if self.device is not None and not self.device.is_closing():
+                self.device.writelines(out.device)
+            out.device.clear()
+        if out.upstream:
+            if self.upstream is not None and not self.upstream.is_closing():
+                self.upstream.writelines(out.upstream)
+                self.last_up_tx = self.loop.time()
+            out.upstream.clear()
+        if out.events:
+            for event in out.events:
+                self.gw.record(event, session.peer)
+            out.events.clear()
+        if out.claim is not None:
+            self.client_id = out.claim
+            out.claim = None
+            old = self.gw.directory.claim(self.client_id, self)
+            if old is not None:
+                old.take_over()
+        if out.open_upstream:
+            out.open_upstream = False
+            if not self.want_upstream.done():
+                self.want_upstream.set_result(True)
+        if out.close is not None:
+            self._finish(out.close)
+        elif not self._active and session.state is State.ACTIVE:
+            self._activate()
+
+    def _activate(self) -> None:
+        self._active = True
+        self.gw.metrics.gauges["sessions_active"] += 1
+        self._cancel_timer()
+        self._schedule_keepalive(self.session.keepalive * 0.5)
+
+    def _schedule_keepalive(self, delay: float) -> None:
+        self._timer = self.loop.call_later(max(delay, 0.05), self._keepalive)
+
+    def _keepalive(self) -> None:
+        self._timer = None
+        session = self.session
+        if self.closed or session is None:
+            return
+        now = self.loop.time()
+        ka = session.keepalive
+        idle = now - session.last_device_rx
+        if idle >= ka * 1.5:
+            self._step("keepalive", session.keepalive_expired)
+            return
+        if now - self.last_up_tx >= ka * 0.5:
+            self._step("upstream ping", session.upstream_ping)
+            if self.closed:
+                return
+        self._schedule_keepalive(min(ka * 1.5 - idle, ka * 0.5))
+
+    async def open_upstream(self) -> None:
+        session = self.session
+        try:
+            self.upstream = await self.gw.connector.open(lambda: _UpstreamProtocol(self))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the broker is "server unavailable"
+            if not self.closed:
+                self._step("upstream connect", session.upstream_failed, _describe(exc))
+            return
+        if self.closed:
+            self.upstream.abort()
+            self.upstream = None
+            return
+        self._cancel_timer()
+        self._timer = self.loop.call_later(self.gw.config.limits.upstream_timeout, self._upstream_deadline)
+        self._step("upstream connect", session.upstream_connected)
+
+    def _upstream_deadline(self) -> None:
+        self._timer = None
+        if self.session is not None and self.session.state is State.UPSTREAM_PENDING:
+            self._step("upstream deadline", self.session.upstream_failed, "no CONNACK before the deadline")
+
+    def _finish(self, close) -> None:
+        if self.done.done():
+            return
+        self._cancel_timer()
+        if self._active:
+            self.gw.metrics.gauges["sessions_active"] -= 1
+        self.gw.session_ended(self.session)
+        if self.client_id is not None:
+            self.gw.directory.release(self.client_id, self)
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            if close.graceful_upstream:
+                upstream.close()
+            else:
+                upstream.abort()  # no DISCONNECT: the broker publishes the will, as for any unclean end
+        device = self.device
+        if device is not None and not device.is_closing():
+            device.close()  # flushes what is buffered (CONNACK / DISCONNECT) first
+            self._abort_timer = self.loop.call_later(CLOSE_GRACE, device.abort)
+        if not self.want_upstream.done():
+            self.want_upstream.set_result(False)
+        self.done.set_result(close)
+
+    def _finish_quietly(self) -> None:
+        if not self.want_upstream.done():
+            self.want_upstream.set_result(False)
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def _crash(self, where: str, exc: Exception) -> None:
+        self.gw.internal_error(f"{where} from {self.session.peer.source}", exc)
+        with contextlib.suppress(Exception):
+            self.session.out.device.clear()
+            self.session.out.upstream.clear()
+        if self.upstream is not None:
+            self.upstream.abort()
+            self.upstream = None
+        if self.device is not None:
+            self.device.abort()
+        if self.session is not None and not self.closed:
+            self.session.state = State.CLOSED  # its state may be inconsistent: no more session code runs
+            with contextlib.suppress(Exception):
+                self.session.out.events.clear()
+                self.gw.record({"event": "disconnect", "source": self.session.peer.source,
+                                "certificate_id": self.certificate_id, "thing": None, "client_id": self.client_id,
+                                "action": None, "resource": None, "decision": "closed", "statement": None,
+                                "kind": "internal_error", "reason": f"internal error: {type(exc).__name__}"},
+                               self.session.peer)
+            self._finish(Close("internal_error", str(exc)))
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "timed out"
+    text = str(exc) or type(exc).__name__
+    return text
+
+
+class Gateway:
+    """The gateway: build with a GatewayConfig, ``await start()``, ``await serve_forever()`` or ``stop()``."""
+
+    def __init__(self, config: GatewayConfig, *, registry: Registry | None = None,
+                 acceptor: TLSAcceptor | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.metrics = Metrics(clock)
+        self.access = AccessLog(config.access_log_target, clock=clock)
+        self.directory = SessionDirectory()
+        self.authenticator = X509Authenticator(region=config.region, account=config.account)
+        self.view: AuthView = empty_view()
+        self.connections: set[Connection] = set()
+        self.by_cert: dict[str, set[Connection]] = {}
+        lim = config.limits
+        self.client_limiter = RateLimiter(lim.connect_rate_per_client_id, lim.connect_burst_per_client_id,
+                                          lim.max_rate_keys)
+        self.source_limiter = RateLimiter(lim.connect_rate_per_source, lim.connect_burst_per_source, lim.max_rate_keys)
+        self._registry = registry
+        self._owns_registry = registry is None
+        self._acceptor = acceptor
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="iotgate-registry")
+        self._listener: socket.socket | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._services: list[asyncio.Task] = []
+        self._metrics_server = None
+        self._ended = [0, 0]  # publishes forwarded, deliveries forwarded, by sessions that ended
+        self._stopping = False
+        self._stopped: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.connector: UpstreamConnector | None = None
+        self.port = 0
+
+    # ------------------------------------------------------------------ start / stop
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        cfg = self.config
+        pki = PKIPaths(cfg.home)
+        target = parse_upstream_url(cfg.upstream)
+        self.connector = UpstreamConnector(target, pki, username=cfg.upstream_username,
+                                           password_file=cfg.password_file, timeout=cfg.limits.upstream_timeout)
+        if self._registry is None:
+            self._registry = await self.loop.run_in_executor(
+                self._executor, lambda: Registry.open(cfg.registry_url, create=False))
+        view = await self.loop.run_in_executor(self._executor, self._load_view, None)
+        for path in (pki.server_cert, pki.server_key):
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: missing; the gateway's server certificate comes from "
+                                        f"`iotgate --home {cfg.home} pki init`")
+        if self._acceptor is None:
+            self._acceptor = StdlibTLSAcceptor(pki.server_cert, pki.server_key, view.ca_pems,
+                                               handshake_timeout=cfg.limits.handshake_timeout)
+        else:
+            self._acceptor.set_trust(view.ca_pems)
+        self.view = view
+        self.metrics.registry_reloads += 1
+        if not view.ca_pems:
+            print("iotgate gateway: the registry holds no CA: every device will be refused until one is "
+                  "registered (`iotgate pki init` registers the home's CAs)", file=sys.stderr)
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((cfg.host, cfg.port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}; choose another --port") from None
+        sock.listen(1024)
+        sock.setblocking(False)
+        self._listener = sock
+        self.port = sock.getsockname()[1]
+        self.metrics.info.update(listen=f"{cfg.host}:{self.port}", upstream=str(target), state="running")
+        if cfg.metrics_port:
+            self._metrics_server = await start_metrics_server(self.metrics, cfg.metrics_host, cfg.metrics_port,
+                                                               refresh=self.stats)
+        self._services = [
+            self.loop.create_task(self._accept_loop(), name="iotgate-accept"),
+            self.loop.create_task(self._watch_registry(), name="iotgate-registry-watch"),
+            self.loop.create_task(self._housekeeping(), name="iotgate-housekeeping"),
+        ]
+
+    async def serve_forever(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        if self._listener is not None:
+            self._listener.close()
+        for task in self._services:
+            task.cancel()
+        await asyncio.gather(*self._services, return_exceptions=True)
+        for conn in list(self.connections):
+            conn.shutdown()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        self.access.close()
+        self.metrics.info["state"] = "stopped"
+        self._write_stats()
+        if self._owns_registry and self._registry is not None:
+            await self.loop.run_in_executor(self._executor, self._registry.close)
+        self._executor.shutdown(wait=False)
+        self._stopped.set()
+
+    # ------------------------------------------------------------------ accepting
+
+    async def _accept_loop(self) -> None:
+        loop = self.loop
+        lim = self.config.limits
+        while True:
+            try:
+                sock, addr = await loop.sock_accept(self._listener)
+            except OSError:
+                if self._stopping:
+                    return
+                await asyncio.sleep(0.05)  # e.g. EMFILE: back off instead of spinning
+                continue
+            ip = addr[0]
+            if len(self.connections) >= lim.max_connections:
+                self._refuse_socket(sock, addr, "server_busy",
+                                    f"{lim.max_connections} connections open (max_connections)")
+                continue
+            if not self.source_limiter.allow(ip, loop.time()):
+                self._refuse_socket(sock, addr, "source_rate_exceeded",
+                                    f"more than {lim.connect_rate_per_source:g} connections/s from this address")
+                continue
+            conn = Connection(self, addr)
+            self.connections.add(conn)
+            self.metrics.gauges["connections_open"] = len(self.connections)
+            task = loop.create_task(self._serve(conn, sock), name=f"iotgate-conn-{ip}:{addr[1]}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _refuse_socket(self, sock: socket.socket, addr: tuple, kind: str, reason: str) -> None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+        self.record(_bare_event("tls", addr, "refused", kind, reason), None)
+
+    async def _serve(self, conn: Connection, sock: socket.socket) -> None:
+        try:
+            try:
+                transport, _, tls = await self._acceptor.accept(sock, lambda: conn.device_protocol)
+            except HandshakeFailed as exc:
+                self.record(_bare_event("tls", conn.addr, "refused", exc.key, exc.reason), None)
+                return
+            auth = self.authenticator.authenticate(tls.der, self.view)
+            conn.der = tls.der
+            peer = Peer(conn.addr[0], conn.addr[1], tls.server_name, tls.version)
+            lim = self.config.limits
+            session = Session(peer, auth, lim, connect_limiter=self.client_limiter,
+                              upstream_username=self.connector.username, upstream_password=self.connector.password,
+                              assign_client_id=_assign_client_id, now=self.loop.time())
+            cert_id = auth.certificate_id
+            self.by_cert.setdefault(cert_id, set()).add(conn)
+            try:
+                conn.start(session, transport)
+                if await conn.want_upstream:
+                    await conn.open_upstream()
+                await conn.done
+                # let the last packets (CONNACK / DISCONNECT) reach the device before the abort timer fires
+            finally:
+                peers = self.by_cert.get(cert_id)
+                if peers is not None:
+                    peers.discard(conn)
+                    if not peers:
+                        del self.by_cert[cert_id]
+                if not conn.closed:
+                    conn.shutdown()
+                    if not conn.closed:
+                        conn._finish_quietly()
+                    if conn.device is not None:
+                        conn.device.abort()
+        except asyncio.CancelledError:
+            if conn.device is not None:
+                conn.device.abort()
+            if conn.upstream is not None:
+                conn.upstream.abort()
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self.internal_error(f"connection from {conn.addr}", exc)
+            if conn.device is not None:
+                conn.device.abort()
+            if conn.upstream is not None:
+                conn.upstream.abort()
+        finally:
+            self.connections.discard(conn)
+            self.metrics.gauges["connections_open"] = len(self.connections)
+
+    # ------------------------------------------------------------------ registry
+
+    def _load_view(self, previous: AuthView | None) -> AuthView:
+        snapshot = self._registry.snapshot(certificate_pem=False)
+        return AuthView(snapshot, previous)
+
+    async def _watch_registry(self) -> None:
+        interval = self.config.limits.registry_poll_interval
+        failing = False
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                counter = await self.loop.run_in_executor(self._executor, self._registry.change_counter)
+                if counter == self.view.counter:
+                    failing = False
+                    continue
+                view = await self.loop.run_in_executor(self._executor, self._load_view, self.view)
+            except RegistryError as exc:
+                if not failing:
+                    print(f"iotgate gateway: registry unavailable, keeping the last view: {exc}", file=sys.stderr)
+                failing = True
+                continue
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one bad snapshot
+                self.internal_error("registry snapshot", exc)
+                continue
+            failing = False
+            self.apply_view(view)
+
+    def apply_view(self, view: AuthView) -> None:
+        """Switch to a new registry view: trust store, then every live session whose certificate changed."""
+        old = self.view
+        self.view = view
+        self.metrics.registry_reloads += 1
+        if self._acceptor.set_trust(view.ca_pems):
+            self.metrics.tls_context_rebuilds += 1
+        for cert_id, conns in list(self.by_cert.items()):
+            if old.state(cert_id) == view.state(cert_id):
+                continue
+            der = next((c.der for c in conns if c.der), None)
+            try:
+                result = self.authenticator.evaluate(cert_id, view, der)
+            except Exception as exc:  # noqa: BLE001 - fail closed for this certificate, carry on with the others
+                self.internal_error(f"re-evaluating certificate {cert_id}", exc)
+                result = AuthRefusal(cert_id, "internal_error", "its authorization could not be re-evaluated")
+            for conn in list(conns):
+                conn.update_auth(result)
+
+    # ------------------------------------------------------------------ observability
+
+    def record(self, event: dict, peer: Peer | None) -> None:
+        if event.get("event") == "connect" and peer is not None:
+            event["sni"] = peer.server_name
+            event["tls"] = peer.tls_version
+        self.metrics.observe(event)
+        self.access.write(event)
+
+    def internal_error(self, where: str, exc: BaseException) -> None:
+        print(f"iotgate gateway: internal error in {where}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        traceback.print_exception(exc, file=sys.stderr)
+
+    def session_ended(self, session: Session | None) -> None:
+        if session is not None:
+            self._ended[0] += session.published
+            self._ended[1] += session.delivered
+
+    def stats(self) -> dict:
+        """The stats document, computed on the loop."""
+        published, delivered = self._ended
+        for conn in self.connections:
+            if conn.session is not None and not conn.closed:
+                published += conn.session.published
+                delivered += conn.session.delivered
+        self.metrics.messages["device_to_upstream"] = published
+        self.metrics.messages["upstream_to_device"] = delivered
+        return self.metrics.stats()
+
+    async def _housekeeping(self) -> None:
+        last_stats = -1e9
+        while True:
+            await asyncio.sleep(0.2)
+            self.access.flush()
+            now = self.loop.time()
+            if now - last_stats >= self.config.stats_interval:
+                last_stats = now
+                data = self.stats()
+                await self.loop.run_in_executor(None, self._write_stats, data)
+
+    def _write_stats(self, data: dict | None = None) -> None:
+        path = self.config.stats_path
+        if data is None:
+            data = self.stats()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_file(path, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n", mode=0o640)
+        except OSError as exc:
+            print(f"iotgate gateway: cannot write the stats file {path}: {exc}", file=sys.stderr)
+
+
+def _bare_event(event: str, addr: tuple, decision: str, kind: str, reason: str) -> dict:
+    ip, port = addr[0], addr[1]
+    source = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    return {"event": event, "source": source, "certificate_id": None, "thing": None, "client_id": None,
+            "action": None, "resource": None, "decision": decision, "statement": None, "kind": kind,
+            "reason": reason}
+
+
+def _assign_client_id() -> str:
+    return f"iotgate-{secrets.token_hex(8)}"
+
+
+# --------------------------------------------------------------------------------------------- runners
+
+def run(config: GatewayConfig, *, on_ready: Callable[[Gateway], None] | None = None) -> None:
+    """Run the gateway on uvloop until SIGINT/SIGTERM, then drain."""
+    import signal
+
+    import uvloop
+
+    async def main() -> None:
+        gateway = Gateway(config)
+        await gateway.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: loop.create_task(gateway.stop()))
+        if on_ready is not None:
+            on_ready(gateway)
+        await gateway.serve_forever()
+
+    uvloop.run(main())
+
+
+class GatewayThread:
+    """The gateway on its own uvloop in a background thread (tests, benchmarks, embedding)."""
+
+    def __init__(self, config: GatewayConfig, **kwargs) -> None:
+        self.config = config
+        self.kwargs = kwargs
+        self.gateway: Gateway | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="iotgate-gateway", daemon=True)
+
+    def start(self, timeout: float = 15.0) -> GatewayThread:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("the gateway did not start in time")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.gateway.port
+
+    def _run(self) -> None:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+        self.loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            self.gateway = Gateway(self.config, **self.kwargs)
+            loop.run_until_complete(self.gateway.start())
+        except BaseException as exc:  # noqa: BLE001 - handed to the starting thread
+            self._error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_until_complete(self.gateway.serve_forever())
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def call(self, fn: Callable, *args, timeout: float = 10.0):
+        """Run ``fn(*args)`` on the gateway's loop and return its result."""
+        async def wrapper():
+            result = fn(*args)
+            if asyncio.iscoroutine(result):
+                result = await result
+            return result
+        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(timeout)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.gateway is None or self.loop is None or self.loop.is_closed():
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self.gateway.stop(), self.loop).result(timeout)
+        self._thread.join(timeout)
+
+
+__all__ = ["Connection", "Gateway", "GatewayThread", "SessionDirectory", "run"]
