@@ -128,10 +128,18 @@ class UpstreamConnector:
     async def open(self, protocol_factory: Callable[[], asyncio.Protocol]) -> asyncio.Transport:
         loop = asyncio.get_running_loop()
         t = self.target
-        if t.scheme == "unix":
-            coro = loop.create_unix_connection(protocol_factory, t.path)
-        else:
-            coro = loop.create_connection(protocol_factory, t.host, t.port, ssl=self._ssl, server_hostname=t.host,
-                                          ssl_handshake_timeout=self.timeout)
-        transport, _ = await asyncio.wait_for(coro, self.timeout)
-        return transport
+        async with asyncio.timeout(self.timeout):
+            if t.scheme != "unix":
+                transport, _ = await loop.create_connection(protocol_factory, t.host, t.port, ssl=self._ssl,
+                                                            server_hostname=t.host, ssl_handshake_timeout=self.timeout)
+                return transport
+            delay = 0.002
+            while True:
+                try:
+                    transport, _ = await loop.create_unix_connection(protocol_factory, t.path)
+                    return transport
+                except BlockingIOError:
+                    # A unix socket whose accept backlog is full refuses at once (EAGAIN) where TCP would queue
+                    # the SYN: wait a little and try again, within the same deadline.
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.1)
