@@ -51,7 +51,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--openssl-sample", type=int, default=200)
     opts = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="iotgate-bench-"))
+    # beside the working directory, where a real home (./.iotgate) lives: /tmp may be a slower filesystem
+    base = Path(tempfile.mkdtemp(prefix=".iotgate-bench-", dir=Path.cwd()))
     home = base / "home"
     try:
         iotgate(home, "pki", "init")

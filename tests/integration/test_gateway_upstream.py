@@ -161,3 +161,58 @@ def test_device_disconnect_is_forwarded_so_no_will(fleet, gateway, raw):
     assert client.closed()
     record = gateway.events.wait_for(event="disconnect", client_id=thing)
     assert record["kind"] == "disconnect" and record["decision"] == "closed"
+
+
+def test_unix_socket_with_a_full_accept_backlog_is_retried(fleet, tmp_path):
+    """A unix listener whose backlog is full answers EAGAIN at once; the connector waits and tries again."""
+    import asyncio
+    import os
+    import socket
+
+    sock_dir = tmp_path / "sockdir"
+    sock_dir.mkdir(mode=0o700)
+    secret = sock_dir / "gateway.secret"
+    secret.write_text("s3cret")
+    os.chmod(secret, 0o600)
+    path = sock_dir / "mqtt.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(0)
+    server.setblocking(False)
+    queued = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(4)]
+    full = False
+    for s in queued:
+        s.setblocking(False)
+        try:
+            s.connect(str(path))
+        except BlockingIOError:
+            full = True
+            break
+    assert full, "the backlog never filled"
+    connector = UpstreamConnector(parse_upstream_url(f"unix://{path}"), fleet.store.paths,
+                                  username="iotgate-gateway", password_file=secret, timeout=5)
+
+    async def scenario():
+        opening = asyncio.ensure_future(connector.open(asyncio.Protocol))
+        await asyncio.sleep(0.05)
+        assert not opening.done()  # refused with EAGAIN, retrying
+        accepted = []
+        while not opening.done():  # the broker catches up
+            try:
+                accepted.append(server.accept()[0])
+            except BlockingIOError:
+                pass
+            await asyncio.sleep(0.005)
+        transport = opening.result()
+        transport.close()
+        for conn in accepted:
+            conn.close()
+
+    try:
+        import uvloop
+
+        uvloop.run(scenario())  # the gateway's loop: it reports EAGAIN instead of waiting for writability
+    finally:
+        for s in queued:
+            s.close()
+        server.close()
