@@ -25,6 +25,7 @@ from certs.authority import build_root_ca, cert_pem
 from certs.keys import generate_private_key
 from certs.store import PKIStore
 from devices.identity import DeviceFiles, make_key_and_csr, write_device_dir
+from devices.reference import PahoDevice
 from gateway.config import GatewayConfig, Limits
 from gateway.mqtt import Framer, decode
 from gateway.registry import Registry
@@ -224,111 +225,7 @@ def gateway(fleet, broker, tmp_path_factory) -> RunningGateway:
 
 # --------------------------------------------------------------------------------------------- devices
 
-class Device:
-    """A paho-mqtt device with its own identity; callbacks turned into waitable queues. No auto-reconnect."""
-
-    def __init__(self, files: DeviceFiles | None, port: int, client_id: str, *, version: int = 5,
-                 clean: bool = True, keepalive: int = 60, will: tuple | None = None) -> None:
-        protocol = mqtt.MQTTv5 if version == 5 else mqtt.MQTTv311
-        kwargs = {} if version == 5 else {"clean_session": clean}
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
-                                  **kwargs)
-        if files is not None:
-            self.client.tls_set(ca_certs=str(files.root_ca), certfile=str(files.cert), keyfile=str(files.key))
-        if will is not None:
-            topic, payload, qos, retain = will
-            self.client.will_set(topic, payload, qos=qos, retain=retain)
-        self.port = port
-        self.version = version
-        self.keepalive = keepalive
-        self.messages: queue.Queue = queue.Queue()
-        self.connack: queue.Queue = queue.Queue()
-        self.disconnects: queue.Queue = queue.Queue()
-        self.acks: dict[int, queue.Queue] = {}
-        self.subacks: dict[int, queue.Queue] = {}
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        c = self.client
-        c.on_connect = lambda cl, ud, flags, rc, props: self.connack.put((rc.value, flags, props))
-        c.on_disconnect = lambda cl, ud, flags, rc, props: self.disconnects.put(rc.value)
-        c.on_message = lambda cl, ud, msg: self.messages.put(msg)
-        c.on_publish = lambda cl, ud, mid, rc, props: self._queue(self.acks, mid).put(rc.value)
-        c.on_subscribe = lambda cl, ud, mid, rcs, props: self._queue(self.subacks, mid).put([r.value for r in rcs])
-
-    def _queue(self, table: dict, mid: int) -> queue.Queue:
-        with self._lock:
-            return table.setdefault(mid, queue.Queue())
-
-    def connect(self, timeout: float = WAIT) -> int:
-        """The CONNACK reason (paho's MQTT 5 numbering, also for 3.1.1), or raises if the link dropped first."""
-        kwargs = {} if self.version != 5 else {"clean_start": True}
-        self.client.connect("localhost", self.port, keepalive=self.keepalive, **kwargs)
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                rc, _, props = self.connack.get(timeout=0.05)
-                self.connack_properties = props
-                return rc
-            except queue.Empty:
-                if not self.disconnects.empty():
-                    raise ConnectionError(f"disconnected before CONNACK ({self.disconnects.get()})")
-        raise AssertionError("no CONNACK")
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            rc = self.client.loop(timeout=0.02)
-            if rc != mqtt.MQTT_ERR_SUCCESS:
-                if not self.disconnects.qsize():
-                    self.disconnects.put(-int(rc))
-                return
-
-    def subscribe(self, topic: str, qos: int = 1, timeout: float = WAIT) -> list[int]:
-        result, mid = self.client.subscribe(topic, qos=qos)
-        assert result == mqtt.MQTT_ERR_SUCCESS
-        return self._queue(self.subacks, mid).get(timeout=timeout)
-
-    def subscribe_many(self, topics: list[tuple[str, int]], timeout: float = WAIT) -> list[int]:
-        result, mid = self.client.subscribe(topics)
-        assert result == mqtt.MQTT_ERR_SUCCESS
-        return self._queue(self.subacks, mid).get(timeout=timeout)
-
-    def publish(self, topic: str, payload: bytes = b"x", qos: int = 0, retain: bool = False,
-                timeout: float = WAIT) -> int | None:
-        """Publish; for QoS 1 wait for the PUBACK and return its reason code."""
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
-        if qos == 0:
-            return None
-        return self._queue(self.acks, info.mid).get(timeout=timeout)
-
-    def publish_nowait(self, topic: str, payload: bytes = b"x", qos: int = 1, retain: bool = False):
-        return self.client.publish(topic, payload, qos=qos, retain=retain)
-
-    def message(self, timeout: float = WAIT) -> mqtt.MQTTMessage:
-        return self.messages.get(timeout=timeout)
-
-    def no_message(self) -> bool:
-        return self.messages.empty()
-
-    def wait_disconnect(self, timeout: float = WAIT) -> int:
-        return self.disconnects.get(timeout=timeout)
-
-    def disconnect(self) -> None:
-        self.client.disconnect()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2)
-        try:
-            self.client.disconnect()
-        except Exception:  # noqa: BLE001 - closing in teardown
-            pass
-        sock = self.client.socket()
-        if sock is not None:
-            sock.close()
+Device = PahoDevice
 
 
 @pytest.fixture
