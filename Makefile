@@ -27,9 +27,10 @@ test: venv mosquitto
 demo: venv
 	$(BIN)/python deploy/demo.py
 
-bench: venv
+bench: venv mosquitto
 	$(BIN)/python bench/provision_bench.py
 	$(BIN)/python bench/policy_bench.py
+	$(BIN)/python bench/gateway_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
