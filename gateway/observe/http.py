@@ -29,7 +29,7 @@ async def start_metrics_server(metrics: Metrics, host: str, port: int,
             if len(request) < 2 or request[0] != "GET":
                 status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
             elif request[1].split("?")[0] == "/metrics":
-                status, ctype, body = "200 OK", PROM_CONTENT_TYPE, metrics.prometheus().encode()
+                status, ctype, body = "200 OK", PROM_CONTENT_TYPE, metrics.prometheus()
             elif request[1].split("?")[0] == "/stats":
                 status, ctype, body = "200 OK", "application/json", orjson.dumps(metrics.stats()) + b"\n"
             else:

@@ -11,7 +11,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+PROM_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class Metrics:
@@ -24,6 +28,8 @@ class Metrics:
         self.info: dict[str, str] = {}
         self.registry_reloads = 0
         self.tls_context_rebuilds = 0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
 
     def observe(self, event: dict) -> None:
         self.events[(event.get("event") or "", event.get("decision") or "", event.get("kind") or "")] += 1
@@ -64,26 +70,32 @@ class Metrics:
             "tls_context_rebuilds": self.tls_context_rebuilds,
         }
 
-    def prometheus(self) -> str:
-        lines = [
-            "# HELP iotgate_access_events_total Access-log events by event, decision and kind.",
-            "# TYPE iotgate_access_events_total counter",
-        ]
-        for (event, decision, kind), n in sorted(self.events.items()):
-            lines.append(f'iotgate_access_events_total{{event="{_esc(event)}",decision="{_esc(decision)}",'
-                         f'kind="{_esc(kind)}"}} {n}')
-        lines += ["# HELP iotgate_messages_total Messages forwarded by direction.",
-                  "# TYPE iotgate_messages_total counter"]
-        for direction, n in sorted(self.messages.items()):
-            lines.append(f'iotgate_messages_total{{direction="{_esc(direction)}"}} {n}')
-        for name, value in sorted(self.gauges.items()):
-            lines += [f"# TYPE iotgate_{name} gauge", f"iotgate_{name} {value:g}"]
-        lines += ["# TYPE iotgate_registry_reloads_total counter", f"iotgate_registry_reloads_total {self.registry_reloads}",
-                  "# TYPE iotgate_tls_context_rebuilds_total counter",
-                  f"iotgate_tls_context_rebuilds_total {self.tls_context_rebuilds}",
-                  "# TYPE iotgate_start_time_seconds gauge", f"iotgate_start_time_seconds {self.started:.3f}"]
-        return "\n".join(lines) + "\n"
+    def prometheus(self) -> bytes:
+        """Prometheus text exposition (prometheus-client renders it)."""
+        return generate_latest(self.registry)
 
 
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class _Collector(Collector):
+    """Exposes a Metrics object's current values at each scrape; nothing is copied in between."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self):
+        m = self.metrics
+        events = CounterMetricFamily("iotgate_access_events", "Access-log events by event, decision and kind.",
+                                     labels=["event", "decision", "kind"])
+        for (event, decision, kind), n in sorted(m.events.items()):
+            events.add_metric([event, decision, kind], n)
+        yield events
+        messages = CounterMetricFamily("iotgate_messages", "Messages forwarded by direction.", labels=["direction"])
+        for direction, n in sorted(m.messages.items()):
+            messages.add_metric([direction], n)
+        yield messages
+        for name, value in sorted(m.gauges.items()):
+            yield GaugeMetricFamily(f"iotgate_{name}", f"Current {name.replace('_', ' ')}.", value=value)
+        yield CounterMetricFamily("iotgate_registry_reloads", "Registry snapshots applied.", value=m.registry_reloads)
+        yield CounterMetricFamily("iotgate_tls_context_rebuilds", "Server TLS contexts rebuilt (CA set changed).",
+                                  value=m.tls_context_rebuilds)
+        yield GaugeMetricFamily("iotgate_start_time_seconds", "Start time of the gateway, Unix seconds.",
+                                value=m.started)

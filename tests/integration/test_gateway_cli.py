@@ -11,6 +11,7 @@ import types
 import urllib.request
 
 import click
+from prometheus_client.parser import text_string_to_metric_families
 from click.testing import CliRunner
 
 from gateway.cli import broker, gateway as gateway_group
@@ -73,7 +74,11 @@ def test_stats_from_the_file_and_from_the_endpoint(fleet, broker, tmp_path):
         stats = json.loads(result.output)
         assert stats["connections"]["accepted"] == 1 and stats["sessions_active"] == 1
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        assert 'iotgate_access_events_total{event="connect",decision="allowed",kind="connected"} 1' in text
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        key = ("iotgate_access_events_total", (("decision", "allowed"), ("event", "connect"), ("kind", "connected")))
+        assert samples[key] == 1
+        assert samples[("iotgate_sessions_active", ())] == 1
         device.close()
     finally:
         thread.stop()
