@@ -31,6 +31,7 @@ bench: venv mosquitto
 	$(BIN)/python bench/provision_bench.py
 	$(BIN)/python bench/policy_bench.py
 	$(BIN)/python bench/gateway_bench.py
+	$(BIN)/python bench/devices_idle_bench.py --devices 2000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

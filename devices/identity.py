@@ -3,6 +3,8 @@
 A device directory holds ``device.pem`` (leaf + issuing CA), ``device.key`` (0600) and ``root-ca.pem``.
 It is written into a hidden temporary directory and renamed into place, so a crash never leaves a
 half-written device directory behind.
+
+:class:`DeviceIdentity` is the loaded form a device client connects with (:func:`load_identities` for a fleet).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -17,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from certs.errors import IotgateError
 from certs.keys import KeyType, PrivateKey, generate_private_key, private_key_pem
 
 DEVICE_CERT = "device.pem"
@@ -105,3 +109,55 @@ def rotate_device_files(device_dir: Path, key: PrivateKey, chain_pem: bytes) -> 
     os.replace(new_key, files.key)
     os.replace(new_cert, files.cert)
     return files
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+class IdentityError(IotgateError):
+    """A device directory cannot be used to connect: a file is missing or unreadable."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """What a device connects with: its thing name, its own key and certificate chain, and the CA it trusts
+    for the server (the home's root, or e.g. Amazon Root CA 1 when it talks to AWS IoT Core).
+
+    Paths are kept as strings: a simulator holds tens of thousands of these, and ``ssl`` takes strings.
+    """
+
+    thing_name: str
+    cert_file: str
+    key_file: str
+    ca_file: str
+
+    @classmethod
+    def load(cls, directory: Path | str, *, ca_file: Path | str | None = None,
+             thing_name: str | None = None) -> DeviceIdentity:
+        """The identity in a device directory (``device.pem``, ``device.key``, ``root-ca.pem``).
+
+        ``ca_file`` replaces the directory's ``root-ca.pem`` as the trust anchor for the server; the thing
+        name defaults to the directory's name (as provisioning writes it).
+        """
+        directory = Path(directory)
+        files = DeviceFiles(directory)
+        ca = Path(ca_file) if ca_file is not None else files.root_ca
+        for path, what in ((files.cert, "certificate"), (files.key, "private key"), (ca, "CA certificate")):
+            if not path.is_file():
+                hint = ("pass an existing CA file" if path == ca and ca_file is not None
+                        else f"provision it again (`iotgate fleet provision`) or check the directory {directory}")
+                raise IdentityError(f"{path}: the device's {what} is missing; {hint}")
+        return cls(thing_name or directory.name, str(files.cert), str(files.key), str(ca))
+
+
+def load_identities(devices_dir: Path | str, names: Sequence[str] | None = None, *,
+                    ca_file: Path | str | None = None) -> list[DeviceIdentity]:
+    """Identities of the named things (in that order), or of every complete device directory, sorted by name."""
+    devices_dir = Path(devices_dir)
+    if names is None:
+        try:
+            entries = sorted(p for p in devices_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except FileNotFoundError:
+            raise IdentityError(f"{devices_dir}: no devices directory; provision a fleet first "
+                                "(`iotgate fleet provision --count N`)") from None
+        return [DeviceIdentity.load(p, ca_file=ca_file) for p in entries if DeviceFiles(p).complete()]
+    return [DeviceIdentity.load(devices_dir / name, ca_file=ca_file) for name in names]

@@ -49,6 +49,9 @@ class BrokerConfig:
     # Extra ACL lines appended after the gateway's own, e.g. `pattern readwrite dt/%u/#` for devices that talk
     # to this broker directly (the device simulator's tests and benchmarks); empty for the gateway's upstream.
     acl_extra: str = ""
+    # Extra configuration lines appended to the rendered file: general options (`max_keepalive 120`,
+    # `set_tcp_nodelay true`) or options of the last listener.
+    extra_config: str = ""
 
     @property
     def conf_path(self) -> Path:
@@ -88,7 +91,7 @@ def render(config: BrokerConfig) -> str:
             f"password_file {config.password_path}",
             f"acl_file {config.acl_path}",
         ])
-    return string.Template(TEMPLATE.read_text()).substitute(
+    text = string.Template(TEMPLATE.read_text()).substitute(
         user_line="user root" if config.run_as_root else "",
         max_packet_size=config.max_packet_size,
         host=config.host,
@@ -100,6 +103,9 @@ def render(config: BrokerConfig) -> str:
         acl_file=config.acl_path,
         unix_listener=unix,
     )
+    if config.extra_config:
+        text += f"\n# extra settings of this broker's configuration\n{config.extra_config.rstrip()}\n"
+    return text
 
 
 def write_config(config: BrokerConfig) -> Path:
