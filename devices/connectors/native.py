@@ -1,0 +1,21 @@
+"""The native connector: :class:`devices.client.DeviceClient`, which is already a :class:`DeviceLink`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from devices.client import ClientOptions, DeviceClient, DisconnectNotice, Endpoint
+from devices.identity import DeviceIdentity
+
+
+class NativeConnector:
+    name = "native"
+
+    def __init__(self, *, transport: str = "membio", keep_context: bool | None = None) -> None:
+        self.transport = transport
+        self.keep_context = keep_context
+
+    def link(self, identity: DeviceIdentity, endpoint: Endpoint, *, client_id: str, options: ClientOptions,
+             on_disconnect: Callable[[DisconnectNotice], None] | None = None) -> DeviceClient:
+        return DeviceClient(identity, endpoint, client_id=client_id, options=options, transport=self.transport,
+                            keep_context=self.keep_context, on_disconnect=on_disconnect)
