@@ -155,8 +155,8 @@ class CertificateAuthority:
         Only the CSR's public key and CN are used: extensions a device asks for are ignored, the issuer
         decides them.
         """
-        check_device_csr(csr, thing_name, source=source)
-        return self._leaf(_name(thing_name), csr.public_key(), ExtendedKeyUsageOID.CLIENT_AUTH,
+        public_key = check_device_csr(csr, thing_name, source=source)
+        return self._leaf(_name(thing_name), public_key, ExtendedKeyUsageOID.CLIENT_AUTH,
                           now=now, days=days, serial=serial)
 
     def pem_with_chain(self, leaf: x509.Certificate) -> bytes:
@@ -202,7 +202,9 @@ def build_root_ca(key: PrivateKey, cn: str, *, now: dt.datetime, days: int = DEF
     return CertificateAuthority(key, builder.sign(key, _hash_for(key)))
 
 
-def check_device_csr(csr: x509.CertificateSigningRequest, thing_name: str, *, source: str = "CSR") -> None:
+def check_device_csr(csr: x509.CertificateSigningRequest, thing_name: str, *, source: str = "CSR"):
+    """Refuse a CSR with a bad signature, a weak or unsupported key, or a CN other than the thing name;
+    return its public key."""
     if not csr.is_signature_valid:
         raise PKIError(f"{source}: CSR signature does not verify; the CSR was altered or not signed by its key")
     try:
@@ -214,6 +216,7 @@ def check_device_csr(csr: x509.CertificateSigningRequest, thing_name: str, *, so
     if cn != thing_name:
         shown = "no CN" if cn is None else f"CN {cn!r}"
         raise PKIError(f"{source}: subject has {shown}, but it must equal the thing name {thing_name!r}")
+    return public_key
 
 
 def load_csr(data: bytes, *, source: str) -> x509.CertificateSigningRequest:

@@ -68,8 +68,8 @@ class DeviceFiles:
         return self.cert.exists() and self.key.exists() and self.root_ca.exists()
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+def _write(path: Path | str, data: bytes, mode: int, *, dir_fd: int | None = None) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd)
     try:
         os.write(fd, data)
     finally:
@@ -78,18 +78,30 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 
 def write_device_dir(devices_dir: Path, thing_name: str, key: PrivateKey, chain_pem: bytes,
                      root_pem: bytes) -> DeviceFiles:
-    """Write a device's files atomically: a temporary directory renamed into place (replacing a stale one)."""
+    """Write a device's files atomically: a temporary directory renamed into place (replacing a stale one).
+
+    Files are created relative to the directory's descriptor: bulk provisioning writes three files per device,
+    and each path lookup counts there.
+    """
     final = devices_dir / thing_name
     tmp = devices_dir / f".{thing_name}.{os.getpid()}.tmp"
-    if tmp.exists():
+    try:
+        os.mkdir(tmp, 0o700)
+    except FileExistsError:  # left by a crashed run of this process id
         shutil.rmtree(tmp)
-    tmp.mkdir(mode=0o700)
-    _write(tmp / DEVICE_KEY, private_key_pem(key), 0o600)
-    _write(tmp / DEVICE_CERT, chain_pem, 0o644)
-    _write(tmp / ROOT_CA, root_pem, 0o644)
-    if final.exists():
+        os.mkdir(tmp, 0o700)
+    dir_fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _write(DEVICE_KEY, private_key_pem(key), 0o600, dir_fd=dir_fd)
+        _write(DEVICE_CERT, chain_pem, 0o644, dir_fd=dir_fd)
+        _write(ROOT_CA, root_pem, 0o644, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    try:
+        os.rename(tmp, final)
+    except OSError:  # a stale directory of a run that never registered it
         shutil.rmtree(final)
-    os.rename(tmp, final)
+        os.rename(tmp, final)
     return DeviceFiles(final)
 
 

@@ -95,9 +95,10 @@ def read_text(path: Path) -> str:
 
 
 def item_for(thing: str, cert: x509.Certificate, pem: bytes, ca_id: str, policies: Sequence[str]) -> ProvisionItem:
+    """Registry rows of a certificate issued for ``thing`` (its CN is the thing name: the issuer checked it)."""
     return ProvisionItem(
         thing=thing, certificate_id=certificate_id(cert), pem=pem.decode(), serial_number=serial_hex(cert),
-        subject_cn=common_name(cert.subject) or "", ca_id=ca_id, not_before=cert.not_valid_before_utc,
+        subject_cn=thing, ca_id=ca_id, not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc, policies=tuple(policies),
     )
 
