@@ -62,13 +62,17 @@ def register(app: AppContext, ca_file: Path, status: str) -> None:
     console.print(f"CA {cid} registered ({status}): {cert.subject.rfc4514_string()}")
 
 
+def _set_status(app: AppContext, ca_id: str, status: str) -> None:
+    row = app.registry().set_ca_status(ca_id, status)
+    console.print(f"CA {row.ca_id} is now {row.status}")
+
+
 @ca.command("activate")
 @click.argument("ca_id")
 @pass_app
 def activate(app: AppContext, ca_id: str) -> None:
     """Set a CA ACTIVE: certificates it issued may connect again."""
-    row = app.registry().set_ca_status(ca_id, "ACTIVE")
-    console.print(f"CA {row.ca_id} is now {row.status}")
+    _set_status(app, ca_id, "ACTIVE")
 
 
 @ca.command("deactivate")
@@ -76,5 +80,4 @@ def activate(app: AppContext, ca_id: str) -> None:
 @pass_app
 def deactivate(app: AppContext, ca_id: str) -> None:
     """Set a CA INACTIVE: no certificate it issued can connect."""
-    row = app.registry().set_ca_status(ca_id, "INACTIVE")
-    console.print(f"CA {row.ca_id} is now {row.status}")
+    _set_status(app, ca_id, "INACTIVE")

@@ -342,3 +342,12 @@ def test_policy_lint(pki_cli, tmp_path: Path):
     assert "no overly permissive statement" in r.out
     r = pki_cli("policy", "lint", "nope", expect=2)
     assert "neither a policy file nor a registered policy" in r.err
+
+
+def test_ca_deactivate_and_activate(pki_cli):
+    issuing = [c for c in pki_cli("ca", "list", "--json").json() if "Issuing" in c["subject"]][0]["caCertificateId"]
+    r = pki_cli("ca", "deactivate", issuing[:12])
+    assert "INACTIVE" in r.out
+    assert {c["caCertificateId"]: c["status"] for c in pki_cli("ca", "list", "--json").json()}[issuing] == "INACTIVE"
+    pki_cli("ca", "activate", issuing)
+    assert {c["caCertificateId"]: c["status"] for c in pki_cli("ca", "list", "--json").json()}[issuing] == "ACTIVE"
