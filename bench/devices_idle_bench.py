@@ -176,7 +176,7 @@ def run_one(args) -> dict:
         print(limit.describe(), file=sys.stderr)
     store = PKIStore(CACHE)
     with tempfile.TemporaryDirectory(prefix="mosquitto-", dir=CACHE.parent) as directory:
-        cfg = BrokerConfig(store.paths, Path(directory), port=free_port(), acl_extra=ACL, extra_config=BROKER_SETTINGS)
+        cfg = BrokerConfig(store.paths, Path(directory), port=free_port(), acl_extra=ACL, clients="devices", extra_config=BROKER_SETTINGS)
         broker = MosquittoProcess(cfg).start()
         try:
             return uvloop.run(hold_devices(store, cfg.port, args.devices, args.transport, args.concurrency,

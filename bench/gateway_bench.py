@@ -145,7 +145,8 @@ def main() -> int:
             provision_fleet(store, registry, issuer, names, policies=[ensure_policy(registry, None)],
                             key_type="ec-p256", workers=2, now=now, days=30)
         contexts = {name: device_context(home, name) for name in names}
-        broker_cfg = BrokerConfig(store.paths, base / "broker", port=free_port(), unix_socket=True)
+        broker_cfg = BrokerConfig(store.paths, base / "broker", port=free_port(), unix_socket=True,
+                                  clients="devices")  # the baseline connects devices to it directly
         mtls_url, unix_url = f"mqtts://{broker_cfg.host}:{broker_cfg.port}", f"unix://{broker_cfg.socket_path}"
         with MosquittoProcess(broker_cfg) as broker:
             cpu, rss, wall = asyncio.run(hold_fleet("127.0.0.1", broker_cfg.port, contexts, broker.pid))

@@ -4,14 +4,19 @@
     issuing-ca.pem  issuing-ca.key    issuing CA, pathlen 0, signs devices, server, gateway client, CRL
     ca-chain.pem                      issuing + root
     server.pem  server.key            gateway server certificate (leaf + issuing), serverAuth
-    gateway-client.pem  .key          the gateway's own identity for upstream connections, clientAuth
     crl.pem                           CRL of the issuing CA
+    upstream-ca.pem  upstream-ca.key  east-west root: the only CA the upstream broker trusts for clients
+    upstream-crl.pem                  CRL of the upstream CA
+    gateway-client.pem  .key          the gateway's own identity for upstream connections, clientAuth,
+                                      issued by the upstream CA (never by the CA that issues devices, so no
+                                      device certificate can ever pass for the gateway at the broker)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,6 +58,12 @@ class PKIPaths:
     @property
     def crl(self) -> Path: return self.home / "crl.pem"
     @property
+    def upstream_ca_cert(self) -> Path: return self.home / "upstream-ca.pem"
+    @property
+    def upstream_ca_key(self) -> Path: return self.home / "upstream-ca.key"
+    @property
+    def upstream_crl(self) -> Path: return self.home / "upstream-crl.pem"
+    @property
     def devices(self) -> Path: return self.home / "devices"
 
 
@@ -62,6 +73,7 @@ class PKI:
 
     root: CertificateAuthority
     issuing: CertificateAuthority
+    upstream: CertificateAuthority
     server: x509.Certificate
     gateway_client: x509.Certificate
 
@@ -89,23 +101,28 @@ class PKIStore:
         issuing = root.issue_ca(generate_private_key(key_type), "iotgate Issuing CA 1", now=now)
         server_key = generate_private_key(key_type)
         server = issuing.issue_server(server_key, [*DEFAULT_SERVER_NAMES, *server_names], now=now, days=server_days)
+        upstream = build_root_ca(generate_private_key(key_type), "iotgate Upstream CA", now=now)
         client_key = generate_private_key(key_type)
-        client = issuing.issue_client(client_key, GATEWAY_CLIENT_CN, now=now, days=server_days)
+        client = upstream.issue_client(client_key, GATEWAY_CLIENT_CN, now=now, days=server_days)
         crl = issuing.build_crl([], now=now)
 
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.home, 0o700)
         p = self.paths
         write_private_file(p.root_key, private_key_pem(root.key, passphrase))
         write_private_file(p.issuing_key, private_key_pem(issuing.key, passphrase))
+        write_private_file(p.upstream_ca_key, private_key_pem(upstream.key, passphrase))
         write_private_file(p.server_key, private_key_pem(server_key))
         write_private_file(p.client_key, private_key_pem(client_key))
         write_file(p.root_cert, cert_pem(root.certificate))
         write_file(p.issuing_cert, cert_pem(issuing.certificate))
         write_file(p.chain, cert_pem(issuing.certificate) + cert_pem(root.certificate))
         write_file(p.server_cert, issuing.pem_with_chain(server))
-        write_file(p.client_cert, issuing.pem_with_chain(client))
+        write_file(p.upstream_ca_cert, cert_pem(upstream.certificate))
+        write_file(p.upstream_crl, upstream.build_crl([], now=now).public_bytes(serialization.Encoding.PEM))
+        write_file(p.client_cert, upstream.pem_with_chain(client))
         self.write_crl(crl)
-        return PKI(root, issuing, server, client)
+        return PKI(root, issuing, upstream, server, client)
 
     def root_certificate(self) -> x509.Certificate:
         return self._read_cert(self.paths.root_cert)

@@ -181,7 +181,7 @@ def _broker_config(directory: Path | None, host: str, port: int, unix_socket: bo
     home = _home()
     _require_home(home)
     pki = PKIPaths(home)
-    for path in (pki.server_cert, pki.server_key, pki.chain):
+    for path in (pki.server_cert, pki.server_key, pki.chain, pki.upstream_ca_cert, pki.upstream_crl):
         if not path.exists():
             raise IotgateError(f"{path}: missing; run `iotgate --home {home} pki init` first")
     return BrokerConfig(pki, directory or home / "broker", host=host, port=port, unix_socket=unix_socket)

@@ -46,6 +46,11 @@ class BrokerConfig:
     username: str = GATEWAY_CLIENT_CN
     run_as_root: bool = dataclasses.field(default_factory=lambda: os.geteuid() == 0)
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE
+    # Who may connect over mTLS. "gateway": only certificates of the upstream CA, which issues the gateway's
+    # own identity and nothing else (the gateway's upstream broker). "devices": device certificates of the
+    # issuing CA too, for a plain Mosquitto that devices reach directly (simulator runs against Mosquitto,
+    # and the benchmarks' baseline).
+    clients: str = "gateway"
     # Extra ACL lines appended after the gateway's own, e.g. `pattern readwrite dt/%u/#` for devices that talk
     # to this broker directly (the device simulator's tests and benchmarks); empty for the gateway's upstream.
     acl_extra: str = ""
@@ -79,8 +84,18 @@ class BrokerConfig:
         return f"unix://{self.socket_path}" if self.unix_socket else f"mqtts://{self.host}:{self.port}"
 
 
+def _client_trust(config: BrokerConfig) -> tuple[Path, Path]:
+    """The CA file and CRL file that decide which client certificates the broker accepts."""
+    if config.clients == "gateway":
+        return config.pki.upstream_ca_cert, config.pki.upstream_crl
+    if config.clients == "devices":  # devices and the gateway: both CAs, both CRLs (written by write_config)
+        return config.directory / "client-cas.pem", config.directory / "client-crls.pem"
+    raise BrokerError(f"clients: {config.clients!r} is not 'gateway' or 'devices'")
+
+
 def render(config: BrokerConfig) -> str:
-    """The broker configuration text: mTLS listener requiring the gateway's certificate, optional unix socket."""
+    """The broker configuration text: mTLS listener requiring a client certificate, optional unix socket."""
+    cafile, crlfile = _client_trust(config)
     unix = ""
     if config.unix_socket:
         unix = "\n".join([
@@ -96,10 +111,10 @@ def render(config: BrokerConfig) -> str:
         max_packet_size=config.max_packet_size,
         host=config.host,
         port=config.port,
-        cafile=config.pki.chain,
+        cafile=cafile,
         certfile=config.pki.server_cert,
         keyfile=config.pki.server_key,
-        crlfile=config.pki.crl,
+        crlfile=crlfile,
         acl_file=config.acl_path,
         unix_listener=unix,
     )
@@ -117,6 +132,11 @@ def write_config(config: BrokerConfig) -> Path:
     if config.acl_extra:
         acl += f"\n# extra rules of this broker's configuration\n{config.acl_extra.rstrip()}\n"
     write_file(config.acl_path, acl.encode(), mode=0o600)
+    if config.clients == "devices":
+        pki = config.pki
+        cafile, crlfile = _client_trust(config)
+        write_file(cafile, pki.chain.read_bytes() + pki.upstream_ca_cert.read_bytes())
+        write_file(crlfile, pki.crl.read_bytes() + pki.upstream_crl.read_bytes())
     if config.unix_socket:
         if not config.secret_path.exists():
             write_private_file(config.secret_path, secrets.token_urlsafe(32).encode())

@@ -1,6 +1,9 @@
-"""`iotgate fleet`: provision many devices at once."""
+"""`iotgate fleet`: provision many devices at once; run a simulated fleet against the gateway, Mosquitto or
+AWS IoT Core."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
@@ -13,7 +16,7 @@ from iotgate.provisioning import default_workers, ensure_policy, provision_fleet
 
 @click.group()
 def fleet() -> None:
-    """Fleet operations: bulk provisioning."""
+    """Fleet operations: bulk provisioning and simulated runs."""
 
 
 @fleet.command("provision")
@@ -58,3 +61,149 @@ def provision(app: AppContext, count: int, prefix: str, start: int, policy: str 
     console.print(f"{report.issued} device(s) issued, {report.skipped} already present, "
                   f"in {report.seconds:.1f} s ({rate:,.0f}/s, {workers} worker(s)); policy {policy_name}")
     console.print(f"identities in {store.paths.devices}/<thing>/ (device.pem, device.key 0600, root-ca.pem)")
+
+
+# --------------------------------------------------------------------------------------------- run
+
+def _live_table(snapshot: dict, previous: dict | None, interval: float):
+    from rich.table import Table
+
+    table = Table(title=f"fleet run: {snapshot['elapsed']:.1f} s", title_justify="left")
+    for column in ("connected", "connects/s", "messages/s", "refusals by reason"):
+        table.add_column(column)
+    dt_ = max(snapshot["elapsed"] - (previous or {}).get("elapsed", 0.0), 1e-9) if previous else interval
+    cps = (snapshot["connects"] - (previous or {}).get("connects", 0)) / dt_
+    mps = (snapshot["messages"] - (previous or {}).get("messages", 0)) / dt_
+    refusals = "\n".join(f"{n:>5}  {reason}" for reason, n in snapshot["refusals"].items()) or "-"
+    table.add_row(f"{snapshot['connected']}/{snapshot['devices']}", f"{cps:,.1f}", f"{mps:,.1f}", refusals)
+    return table
+
+
+@fleet.command("run")
+@click.option("--target", type=click.Choice(["gateway", "mosquitto", "aws"]), required=True,
+              help="What the devices connect to (gateway and mosquitto: loopback only).")
+@click.option("--endpoint", required=True, metavar="HOST[:PORT]", help="Where to connect (port 8883 by default).")
+@click.option("--devices", "device_count", type=click.IntRange(min=0, max=10_000), default=10, show_default=True,
+              help="Legitimate devices, shared among the scenario's groups by weight.")
+@click.option("--rate", default=None, metavar="R/s", help="New connections per second (default: the scenario's, "
+                                                           "else all at once).")
+@click.option("--duration", type=click.FloatRange(min=0.1, max=3600), default=None, metavar="S",
+              help="Seconds of traffic (default: the scenario's).")
+@click.option("--scenario", "scenario_spec", default="telemetry", show_default=True, metavar="FILE|NAME",
+              help="A TOML scenario file or a built-in: telemetry, command-response, reconnect-storm.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              metavar="DIR", help="Write report.json, report.html and latency.png here.")
+@click.option("--connector", type=click.Choice(["native", "paho", "aiomqtt", "awsiotsdk"]), default="native",
+              show_default=True, help="MQTT client stack every device uses.")
+@click.option("--slo", default=None, metavar="GATES", help='Pass/fail gates, e.g. "connack_p99<500ms,errors=0".')
+@click.option("--server-name", default=None, help="Name the server certificate must carry (default: the host).")
+@click.option("--ca-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="CA for the server (default: the home's root; for AWS: Amazon Root CA 1).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for chaos choices and jitter.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
+@pass_app
+def run(app: AppContext, target: str, endpoint: str, device_count: int, rate: str | None, duration: float | None,
+        scenario_spec: str, report_dir: Path | None, connector: str, slo: str | None, server_name: str | None,
+        ca_file: Path | None, seed: int, as_json: bool) -> None:
+    """Simulate a fleet: devices, attackers and chaos from a scenario; compare outcomes with expectations.
+
+    Exit code 0 when every group met its expectation (and every --slo gate passed), 1 otherwise.
+    """
+    import sys
+
+    from rich.live import Live
+
+    from devices.client import Endpoint
+    from devices.fleet import FleetError, FleetPlan, LocalPKI, check_endpoint, parse_endpoint, parse_rate, \
+        run_fleet
+    from devices.report import parse_slo, write_histogram_png, write_html, write_json
+    from devices.scenario import load_scenario
+
+    try:
+        host, port = parse_endpoint(endpoint)
+        check_endpoint(target, host)
+        gates = tuple(parse_slo(slo)) if slo else ()
+        connects_per_s = parse_rate(rate) if rate else None
+    except FleetError as exc:
+        raise click.UsageError(str(exc)) from None
+    scenario = load_scenario(scenario_spec)
+    ep = Endpoint.aws(host, port) if target == "aws" else Endpoint(host, port, server_name)
+    local = None
+    devices_dir = None
+    if target == "aws":
+        devices_dir = app.store.paths.devices
+        if ca_file is None:
+            raise click.UsageError("--target aws needs --ca-file (Amazon Root CA 1) to verify AWS IoT Core")
+    else:
+        app.require_home()
+        local = LocalPKI(app.store, app.registry(), app.issuer(), app.clock())
+    live = None
+    previous: dict = {}
+
+    def on_tick(snapshot: dict) -> None:
+        nonlocal previous
+        if live is not None:
+            live.update(_live_table(snapshot, previous, 0.5))
+        previous = snapshot
+
+    plan = FleetPlan(target=target, endpoint=ep, devices=device_count, scenario=scenario, duration=duration,
+                     rate=connects_per_s, connector=connector, local=local, devices_dir=devices_dir,
+                     ca_file=str(ca_file) if ca_file else None, slo=gates, seed=seed, on_tick=on_tick)
+    show_live = not as_json and sys.stdout.isatty()
+    try:
+        if show_live:
+            with Live(console=console, refresh_per_second=4, transient=True) as live:
+                result = run_fleet(plan)
+        else:
+            result = run_fleet(plan)
+    except FleetError as exc:
+        raise click.UsageError(str(exc)) from None
+    report = result.report
+    if report_dir is not None:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        png = write_histogram_png(report_dir / "latency.png", result.samples, f"{scenario.name}: latency")
+        report["files"] = {"json": str(report_dir / "report.json"), "html": str(report_dir / "report.html"),
+                           "png": str(png) if png else None}
+        write_json(report_dir / "report.json", report)
+        write_html(report_dir / "report.html", report, png.name if png else None)
+    if as_json:
+        emit_json(report)
+    else:
+        _print_report(report)
+    if not result.passed:
+        raise SystemExit(1)
+
+
+def _print_report(report: dict) -> None:
+    from rich.table import Table
+
+    s = report["summary"]
+    console.print(f"[bold]{report['scenario']}[/] against {report['target']} {report['endpoint']} "
+                  f"({report['connector']}): {s['devices']} devices, {s['attackers']} attackers, "
+                  f"{s['seconds']:.1f} s; {s['connects']} connects ({s['connects_per_s']:.1f}/s), "
+                  f"{s['messages']} messages ({s['messages_per_s']:.1f}/s)")
+    table = Table(title="outcome versus expectation", title_justify="left")
+    for column in ("group", "expected", "members", "allowed", "refused", "skipped", "result", "seen"):
+        table.add_column(column, overflow="fold")
+    for g in report["groups"]:
+        result = "[green]as expected[/]" if g["ok"] else f"[bold red]{g['mismatches']} mismatch(es)[/]"
+        seen = "; ".join(f"{k} x{v}" for k, v in list(g["details"].items())[:2])
+        table.add_row(g["group"], g["expect"], str(g["members"]), str(g["allowed"]), str(g["refused"]),
+                      str(g["skipped"]), result, seen)
+    console.print(table)
+    lat = Table(title="latency (ms)", title_justify="left")
+    for column in ("phase", "count", "p50", "p90", "p99", "max"):
+        lat.add_column(column)
+    for phase, v in report["latency"].items():
+        if v["count"]:
+            lat.add_row(phase, str(v["count"]), *(f"{v[k]:.2f}" for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")))
+    console.print(lat)
+    for gate in report["slo"]:
+        mark = "[green]pass[/]" if gate["passed"] else "[bold red]FAIL[/]"
+        console.print(f"slo {gate['gate']}: {mark} (value {gate['value']})")
+    for note in report["notes"]:
+        console.print(f"note: {note}")
+    for m in report["mismatches"]:
+        console.print(f"[bold red]mismatch:[/] {m}", soft_wrap=True)
+    verdict = "[bold green]PASS[/]" if report["passed"] else "[bold red]FAIL[/]"
+    console.print(f"result: {verdict}" + (f"; report in {report['files']['html']}" if report.get("files") else ""))

@@ -51,7 +51,8 @@ def init(app: AppContext, key_type: str, server_names: tuple[str, ...], force: b
     console.print(f"  root CA     {made.root.ca_id}")
     console.print(f"  issuing CA  {made.issuing.ca_id}")
     console.print(f"  server      {p.server_cert.name} for {', '.join(_sans(made.server))}")
-    console.print(f"  gateway     {p.client_cert.name} (CN {common_name(made.gateway_client.subject)})")
+    console.print(f"  gateway     {p.client_cert.name} (CN {common_name(made.gateway_client.subject)}), issued by "
+                  f"{p.upstream_ca_cert.name}: the only CA the upstream broker trusts")
     encrypted = "passphrase-encrypted" if app.passphrase() else f"unencrypted (set {PASSPHRASE_ENV} to encrypt)"
     console.print(f"  CA keys     0600, {encrypted}")
 
@@ -65,7 +66,8 @@ def show(app: AppContext, as_json: bool) -> None:
     store.require()
     entries = []
     for label, path in (("root CA", store.paths.root_cert), ("issuing CA", store.paths.issuing_cert),
-                        ("server", store.paths.server_cert), ("gateway client", store.paths.client_cert)):
+                        ("server", store.paths.server_cert), ("upstream CA", store.paths.upstream_ca_cert),
+                        ("gateway client", store.paths.client_cert)):
         cert = load_certificates(path.read_bytes(), source=str(path))[0]
         entries.append({"role": label, "file": str(path), "id": certificate_id(cert),
                         "subject": cert.subject.rfc4514_string(), "not_after": when(cert.not_valid_after_utc)})

@@ -50,7 +50,7 @@ def test_pki_init_registers_cas_and_refuses_a_second_init(cli, tree):
     assert "already exists" in r.err and "--force" in r.err and "Traceback" not in r.err
     assert tree(cli.home) == before
     shown = cli("pki", "show", "--json").json()
-    assert [e["role"] for e in shown] == ["root CA", "issuing CA", "server", "gateway client"]
+    assert [e["role"] for e in shown] == ["root CA", "issuing CA", "server", "upstream CA", "gateway client"]
 
 
 def test_pki_init_force_retires_the_old_cas(cli):

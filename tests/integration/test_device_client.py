@@ -75,7 +75,7 @@ def home(tmp_path_factory) -> Home:
 
 
 def start_broker(store: PKIStore, directory: Path, port: int | None = None) -> MosquittoProcess:
-    cfg = BrokerConfig(store.paths, directory, port=port or free_port(), acl_extra=ACL,
+    cfg = BrokerConfig(store.paths, directory, port=port or free_port(), acl_extra=ACL, clients="devices",
                        extra_config=BROKER_SETTINGS)
     return MosquittoProcess(cfg).start()
 
@@ -410,8 +410,12 @@ def test_server_name_mismatch_is_refused(home, broker, transport) -> None:
 def test_client_certificate_from_an_unknown_ca_is_refused(home, broker, transport) -> None:
     async def scenario():
         outcome = await device(home, "intruder", broker.config.port, transport=transport).connect()
-        assert not outcome.ok and outcome.reason is Reason.TLS, outcome
-        # TLS 1.3: the client's side of the handshake completes, then the server's alert arrives
+        assert not outcome.ok, outcome
+        # TLS 1.3: the client's side of the handshake completes, then the server's alert arrives -- unless the
+        # client's CONNECT crossed it and the server's reset discarded the alert: a close before CONNACK.
+        if outcome.reason is Reason.CLOSED and "reset" in outcome.detail.lower():
+            return
+        assert outcome.reason is Reason.TLS, outcome
         assert outcome.detail.startswith("TLSV1_ALERT_UNKNOWN_CA") and outcome.stage == "tls"
     run(scenario())
 

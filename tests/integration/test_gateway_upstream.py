@@ -216,3 +216,32 @@ def test_unix_socket_with_a_full_accept_backlog_is_retried(fleet, tmp_path):
         for s in queued:
             s.close()
         server.close()
+
+
+def test_a_device_certificate_named_like_the_gateway_cannot_reach_the_broker(fleet, broker, tmp_path):
+    """East-west trust is separate: the broker accepts only the upstream CA, whatever CN a device holds."""
+    from devices.identity import make_key_and_csr, write_device_dir
+    from devices.reference import PahoDevice
+
+    issuer = fleet.store.load_issuer()
+    key, csr = make_key_and_csr("iotgate-gateway")
+    cert = issuer.sign_device_csr(csr, "iotgate-gateway", now=fleet.now)  # a valid thing name on our device CA
+    files = write_device_dir(tmp_path, "iotgate-gateway", key, issuer.pem_with_chain(cert), fleet.store.root_pem())
+    impostor = PahoDevice(files, broker.config.port, "impostor", host="127.0.0.1")
+    try:
+        with pytest.raises((ConnectionError, OSError)):
+            if impostor.connect() == 0:
+                raise AssertionError("a device certificate was accepted by the upstream broker")
+    finally:
+        impostor.close()
+    # the gateway's own identity still gets in (its certificate comes from the upstream CA)
+    gateway_files = type(files)(tmp_path / "gw")
+    (tmp_path / "gw").mkdir()
+    for name, source in (("device.pem", fleet.store.paths.client_cert), ("device.key", fleet.store.paths.client_key),
+                         ("root-ca.pem", fleet.store.paths.root_cert)):
+        (tmp_path / "gw" / name).write_bytes(source.read_bytes())
+    gateway_client = PahoDevice(gateway_files, broker.config.port, "gateway-probe", host="127.0.0.1")
+    try:
+        assert gateway_client.connect() == 0
+    finally:
+        gateway_client.close()

@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, Store
+from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError
 
 from certs.authority import certificate_id, load_certificates, load_csr
 from certs.errors import PKIError
@@ -48,8 +48,10 @@ def _verify_client(store: PKIStore, leaf: x509.Certificate, at: dt.datetime = NO
 def test_files_and_modes(store: PKIStore):
     names = {p.name for p in store.home.iterdir()}
     assert {"root-ca.pem", "issuing-ca.pem", "ca-chain.pem", "server.pem", "server.key", "gateway-client.pem",
-            "gateway-client.key", "crl.pem", "root-ca.key", "issuing-ca.key"} <= names
-    for key in ("server.key", "gateway-client.key", "root-ca.key", "issuing-ca.key"):
+            "gateway-client.key", "crl.pem", "root-ca.key", "issuing-ca.key", "upstream-ca.pem", "upstream-ca.key",
+            "upstream-crl.pem"} <= names
+    assert stat.S_IMODE(store.home.stat().st_mode) == 0o700
+    for key in ("server.key", "gateway-client.key", "root-ca.key", "issuing-ca.key", "upstream-ca.key"):
         assert stat.S_IMODE((store.home / key).stat().st_mode) == 0o600, key
 
 
@@ -70,7 +72,16 @@ def test_hierarchy_extensions(store: PKIStore):
     client = load_certificates(store.paths.client_cert.read_bytes(), source="client")[0]
     eku = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
-    _verify_client(store, client)
+    # the gateway's identity comes from the east-west CA alone: it does not chain to the device CAs
+    upstream = load_certificates(store.paths.upstream_ca_cert.read_bytes(), source="upstream")[0]
+    assert client.issuer == upstream.subject and upstream not in (store.root_certificate(), issuing)
+    ee = ExtensionPolicy.webpki_defaults_ee().may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+    verifier = (PolicyBuilder().store(Store([upstream])).time(NOW)
+                .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee)
+                .build_client_verifier())
+    verifier.verify(client, [])
+    with pytest.raises(VerificationError):
+        _verify_client(store, client)
 
 
 def test_second_init_refused_without_force(store: PKIStore):

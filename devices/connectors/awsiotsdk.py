@@ -1,0 +1,299 @@
+"""The awsiotsdk connector: the AWS IoT Device SDK v2 (aws-crt) as a device on AWS IoT Core runs it.
+
+``awsiot.mqtt_connection_builder.mtls_from_path(endpoint=, port=, cert_filepath=, pri_key_filepath=,
+ca_filepath=, client_id=, clean_session=, keep_alive_secs=, ping_timeout_ms=, will=,
+enable_metrics_collection=False)``: MQTT 3.1.1 over mutual TLS; on port 443 the builder offers ALPN
+``x-amzn-mqtt-ca``. Against the local gateway only the endpoint (``localhost``: the gateway's certificate names
+localhost, 127.0.0.1 and ::1) and the CA (the home's ``root-ca.pem``) differ from an AWS run. CRT futures are
+awaited with ``asyncio.wrap_future``; CRT callbacks (messages, interruptions) arrive on CRT threads and are
+handed to the loop with ``call_soon_threadsafe``. The CRT builds its own TLS context per connection object
+(s2n on Linux), once per link.
+
+aws-crt reconnects an interrupted connection by itself; a link is one connection per :meth:`connect`, so an
+interruption is reported as a :class:`DisconnectNotice` and the connection is then disconnected, which stops
+the CRT's reconnecting.
+
+Options: ``protocol_level`` 4 only (MQTT 5 through ``mqtt5_client_builder`` is not offered: refused with an
+error), ``keep_alive`` (1..65535 s; ``ping_timeout`` is sent as ``ping_timeout_ms``, lowered below the
+keep-alive because the CRT requires ``ping_timeout_ms < keep_alive_secs * 1000``), ``clean_start``, ``will``,
+``username``/``password``, ``connect_timeout`` (TCP connect timeout and the bound on the whole attempt).
+Not supported: ``session_expiry`` (MQTT 5), ``max_resends``, ``max_inflight`` (the CRT queues without a
+client-side limit), ``max_packet_size``; refused when set to a non-default value.
+
+Not reported, because the CRT does not expose them: DNS, TCP, TLS and CONNACK timings (only ``total``), the
+negotiated TLS version, OpenSSL-style TLS reasons (a TLS failure carries the CRT's error name, such as
+``AWS_IO_TLS_ERROR_NEGOTIATION_FAILURE``), PUBACK/SUBACK packet properties. MQTT 3.1.1 has no PUBACK reason
+codes: an acknowledged publish reports ``reason_code`` 0. :meth:`abort` cannot drop the connection without a
+DISCONNECT (the CRT has no such call): it disconnects cleanly and reports ``aborted``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+from awscrt import exceptions as crt_exceptions
+from awscrt import mqtt as crt_mqtt
+from awsiot import mqtt_connection_builder
+
+from devices.client import (DEFAULT_OPTIONS, ClientOptions, ConnectOutcome, ConnectTimings, DisconnectNotice,
+                            Endpoint, PublishResult, Reason, SubscribeResult)
+from devices.connectors._common import Inbox, code_name
+from devices.identity import DeviceIdentity
+from gateway.mqtt import Publish
+
+SUBACK_FAILURE = 0x80
+
+
+class AwsIotSdkConnector:
+    name = "awsiotsdk"
+
+    def link(self, identity: DeviceIdentity, endpoint: Endpoint, *, client_id: str, options: ClientOptions,
+             on_disconnect: Callable[[DisconnectNotice], None] | None = None) -> AwsIotSdkLink:
+        return AwsIotSdkLink(identity, endpoint, client_id=client_id, options=options, on_disconnect=on_disconnect)
+
+
+def check_options(options: ClientOptions) -> None:
+    """Refuse what the SDK's MQTT 3.1.1 connection cannot honour."""
+    problems = []
+    if options.protocol_level != 4:
+        problems.append("protocol_level 5 (this connector speaks MQTT 3.1.1 through mqtt_connection_builder)")
+    if options.keep_alive < 1:
+        problems.append("keep_alive 0 (the CRT needs a keep-alive longer than its ping timeout)")
+    if options.max_resends is not None:
+        problems.append("max_resends (the CRT re-sends on its own terms)")
+    if options.max_inflight != DEFAULT_OPTIONS.max_inflight:
+        problems.append("max_inflight (the CRT has no client-side inflight limit)")
+    if options.max_packet_size != DEFAULT_OPTIONS.max_packet_size:
+        problems.append("max_packet_size")
+    if problems:
+        raise ValueError("awsiotsdk connector: not supported: " + "; ".join(problems))
+
+
+def ping_timeout_ms(options: ClientOptions) -> int:
+    """``ping_timeout`` in ms, kept below the keep-alive as the CRT requires."""
+    return max(1, min(int(options.ping_timeout * 1000), options.keep_alive * 1000 - 1))
+
+
+def failure_outcome(exc: BaseException) -> tuple[Reason, str, int | None, str]:
+    """(reason, detail, CONNACK code, stage) for the exception a CRT connect future ended with."""
+    if exc.args and isinstance(exc.args[0], crt_mqtt.ConnectReturnCode):
+        code = int(exc.args[0])
+        return Reason.REFUSED, code_name(4, code), code, "mqtt"
+    name = getattr(exc, "name", "") or type(exc).__name__
+    detail = f"{name}: {getattr(exc, 'message', '') or exc}"
+    if name.startswith("AWS_IO_TLS") or "TLS" in name or name.startswith("AWS_IO_S2N"):
+        return Reason.TLS, detail, None, "tls"
+    if name.startswith("AWS_IO_DNS"):
+        return Reason.DNS, detail, None, "dns"
+    if name in ("AWS_IO_SOCKET_TIMEOUT", "AWS_ERROR_MQTT_TIMEOUT"):
+        return Reason.TIMEOUT, detail, None, "mqtt"
+    if name in ("AWS_IO_SOCKET_CONNECTION_REFUSED", "AWS_IO_SOCKET_NO_ROUTE_TO_HOST", "AWS_IO_SOCKET_NETWORK_DOWN"):
+        return Reason.TCP, detail, None, "tcp"
+    return Reason.CLOSED, detail, None, "mqtt"
+
+
+class AwsIotSdkLink:
+    """One device on the AWS IoT Device SDK v2 (see the module docstring). One connection per :meth:`connect`."""
+
+    def __init__(self, identity: DeviceIdentity, endpoint: Endpoint, *, client_id: str, options: ClientOptions,
+                 on_disconnect: Callable[[DisconnectNotice], None] | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        check_options(options)
+        self.identity = identity
+        self.endpoint = endpoint
+        self.options = options
+        self.on_disconnect = on_disconnect
+        self.clock = clock
+        self._client_id = client_id
+        self._connection: crt_mqtt.Connection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected = False
+        self._closed: asyncio.Future | None = None
+        self._closing: DisconnectNotice | None = None
+        self._inbox: Inbox | None = None
+
+    @property
+    def client_id(self) -> str:
+        return self._client_id
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def _make_connection(self) -> crt_mqtt.Connection:
+        o = self.options
+        if self.endpoint.server_name not in (None, self.endpoint.host):
+            raise ValueError("awsiotsdk: the server name must be the endpoint host (the CRT sends it as SNI)")
+        will = None
+        if o.will is not None:
+            will = crt_mqtt.Will(o.will.topic, crt_mqtt.QoS(o.will.qos), o.will.payload, o.will.retain)
+        return mqtt_connection_builder.mtls_from_path(
+            endpoint=self.endpoint.host, port=self.endpoint.port, cert_filepath=self.identity.cert_file,
+            pri_key_filepath=self.identity.key_file, ca_filepath=self.identity.ca_file, client_id=self._client_id,
+            clean_session=o.clean_start, keep_alive_secs=o.keep_alive, ping_timeout_ms=ping_timeout_ms(o),
+            tcp_connect_timeout_ms=int(o.connect_timeout * 1000), will=will, username=o.username,
+            password=o.password, enable_metrics_collection=False,
+            on_connection_interrupted=self._interrupted)
+
+    # -------------------------------------------------------------------------------------- connect
+
+    async def connect(self) -> ConnectOutcome:
+        if self._connected:
+            raise RuntimeError(f"{self._client_id}: connect() while connected")
+        loop = self._loop = asyncio.get_running_loop()
+        started = self.clock()
+
+        def outcome(ok: bool, reason: Reason, detail: str = "", *, code: int | None = None,
+                    session_present: bool = False, stage: str = "mqtt") -> ConnectOutcome:
+            return ConnectOutcome(ok, reason, detail, code, session_present,
+                                  ConnectTimings(total=self.clock() - started), None, stage)
+
+        if self._connection is None:
+            try:
+                self._connection = self._make_connection()
+            except (OSError, crt_exceptions.AwsCrtError) as exc:
+                return outcome(False, Reason.IDENTITY, f"{self.identity.cert_file}: {exc}", stage="identity")
+        self._closing = None
+        self._closed = loop.create_future()
+        connection = self._connection
+        try:
+            async with asyncio.timeout(self.options.connect_timeout):
+                result = await asyncio.wrap_future(connection.connect())
+        except TimeoutError:
+            await self._stop()
+            return outcome(False, Reason.TIMEOUT, f"no CONNACK within {self.options.connect_timeout:g} s")
+        except Exception as exc:  # noqa: BLE001 - every CRT failure becomes an outcome
+            reason, detail, code, stage = failure_outcome(exc)
+            return outcome(False, reason, detail, code=code, stage=stage)
+        self._connected = True
+        return outcome(True, Reason.CONNECTED, code=0, session_present=bool(result.get("session_present")))
+
+    # -------------------------------------------------------------------------------------- ending
+
+    def _interrupted(self, connection, error, **kwargs) -> None:  # a CRT thread
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._lost, error)
+
+    def _lost(self, error: BaseException | None) -> None:
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+        was_connected, self._connected = self._connected, False
+        if was_connected:
+            notice, self._closing = self._closing, None
+            if notice is None:
+                name = getattr(error, "name", "") or ""
+                detail = f"{name}: {getattr(error, 'message', '')}" if name else str(error or "")
+                kind = "tls" if "TLS" in name else "keepalive" if name == "AWS_ERROR_MQTT_TIMEOUT" else "closed"
+                notice = DisconnectNotice(kind, detail)
+            if self.on_disconnect is not None:
+                self.on_disconnect(notice)
+        # one connection per connect(): stop the CRT's own reconnecting
+        if self._loop is not None:
+            self._loop.create_task(self._stop(), name=f"stop {self._client_id}")
+
+    async def _stop(self) -> None:
+        connection = self._connection
+        if connection is None:
+            return
+        try:
+            async with asyncio.timeout(5.0):
+                await asyncio.wrap_future(connection.disconnect())
+        except (TimeoutError, crt_exceptions.AwsCrtError):
+            pass
+
+    async def disconnect(self) -> None:
+        if self._connected:
+            self._closing = DisconnectNotice("client")
+            self._connected = False
+            await self._stop()
+            notice, self._closing = self._closing, None
+            if self._closed is not None and not self._closed.done():
+                self._closed.set_result(None)
+            if self.on_disconnect is not None and notice is not None:
+                self.on_disconnect(notice)
+        else:
+            await self._stop()
+
+    def abort(self) -> None:
+        """A clean DISCONNECT in fact: the CRT cannot drop a connection abruptly. Reported as ``aborted``."""
+        if self._connected:
+            self._closing = DisconnectNotice("aborted", "the SDK sent DISCONNECT (it cannot drop a connection)")
+            self._connected = False
+            notice, self._closing = self._closing, None
+            if self._closed is not None and not self._closed.done():
+                self._closed.set_result(None)
+            if self.on_disconnect is not None:
+                self.on_disconnect(notice)
+        if self._connection is not None:
+            self._connection.disconnect()
+
+    # -------------------------------------------------------------------------------------- publish / subscribe
+
+    async def _until_closed(self, future):
+        task = asyncio.ensure_future(asyncio.wrap_future(future))
+        await asyncio.wait({task, self._closed}, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[arg-type]
+        if task.done():
+            return True, task
+        task.cancel()
+        return False, None
+
+    async def publish(self, topic: str, payload: bytes = b"", qos: int = 0, retain: bool = False) -> PublishResult:
+        if qos not in (0, 1):
+            raise ValueError(f"QoS {qos} is not offered (0 or 1; AWS IoT Core has no QoS 2)")
+        if not self._connected or self._connection is None:
+            return PublishResult(False, "not-connected")
+        started = self.clock()
+        future, packet_id = self._connection.publish(topic, payload, crt_mqtt.QoS(qos), retain)
+        done, task = await self._until_closed(future)
+        latency = self.clock() - started
+        if not done:
+            return PublishResult(False, "closed", packet_id or None, latency=latency)
+        if task.exception() is not None:
+            return PublishResult(False, "closed", packet_id or None, latency=latency)
+        if qos == 0:
+            return PublishResult(True, "sent")
+        return PublishResult(True, "acked", packet_id, 0, latency)
+
+    async def subscribe(self, *filters: str, qos: int = 1) -> SubscribeResult:
+        """One SUBSCRIBE per filter (the SDK's ``subscribe`` takes one; ``subscribe_multiple`` has no per-filter
+        failure); ``reason_codes`` in the order of ``filters``."""
+        if not self._connected or self._connection is None:
+            return SubscribeResult(False, "not-connected")
+        started = self.clock()
+        codes = []
+        packet_id = None
+        for topic_filter in filters:
+            future, packet_id = self._connection.subscribe(topic_filter, crt_mqtt.QoS(qos), self._on_message)
+            done, task = await self._until_closed(future)
+            if not done:
+                return SubscribeResult(False, "closed", tuple(codes), packet_id, self.clock() - started)
+            exc = task.exception()
+            if isinstance(exc, crt_mqtt.SubscribeError):
+                codes.append(SUBACK_FAILURE)
+            elif exc is not None:
+                return SubscribeResult(False, "closed", tuple(codes), packet_id, self.clock() - started)
+            else:
+                codes.append(int(task.result()["qos"]))
+        ok = all(c < 0x80 for c in codes)
+        return SubscribeResult(ok, "granted" if ok else "refused", tuple(codes), packet_id, self.clock() - started)
+
+    # -------------------------------------------------------------------------------------- messages
+
+    def _on_message(self, topic, payload, dup, qos, retain, **kwargs) -> None:  # a CRT thread
+        publish = Publish(topic, bytes(payload), int(qos), bool(retain), bool(dup))
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._inbox_for().put, publish)
+
+    def _inbox_for(self) -> Inbox:
+        if self._inbox is None:
+            self._inbox = Inbox(self.options.inbox_size)
+        return self._inbox
+
+    def messages(self) -> AsyncIterator[Publish]:
+        """Every message of this link's subscriptions, in order of arrival (the CRT does not bound its reading)."""
+        return aiter(self._inbox_for())
+
+    def __repr__(self) -> str:
+        return f"<AwsIotSdkLink {self._client_id} {'connected' if self._connected else 'disconnected'}>"
