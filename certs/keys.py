@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import os
+import secrets
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -95,8 +96,9 @@ def write_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
 
     A private file is created 0600 from the first byte (never written then chmod-ed).
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # A fresh unpredictable name, created exclusively and never through a symlink someone planted.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         os.fchmod(fd, mode)
         view = memoryview(data)

@@ -171,7 +171,7 @@ class FleetReport:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Job:
-    issuer_key_pem: bytes
+    issuer_key_pem: bytes = dataclasses.field(repr=False)  # never in a repr, a traceback's locals or a log
     issuer_cert_pem: bytes
     root_pem: bytes
     devices_dir: str

@@ -150,13 +150,18 @@ def gateway_password(config: BrokerConfig) -> str:
 
 
 def _write_password_file(config: BrokerConfig) -> None:
+    """Mosquitto's password file for the gateway's user: written in clear to a 0600 file, then hashed in place
+    by `mosquitto_passwd -U` (the password never appears in a process's arguments)."""
     passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     config.password_path.unlink(missing_ok=True)
-    fd = os.open(config.password_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.close(fd)
-    proc = subprocess.run([passwd, "-b", str(config.password_path), config.username, gateway_password(config)],
-                          capture_output=True, text=True)
+    fd = os.open(config.password_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, f"{config.username}:{gateway_password(config)}\n".encode())
+    finally:
+        os.close(fd)
+    proc = subprocess.run([passwd, "-U", str(config.password_path)], capture_output=True, text=True)
     if proc.returncode != 0:
+        config.password_path.unlink(missing_ok=True)
         raise BrokerError(f"mosquitto_passwd failed: {proc.stderr.strip() or proc.stdout.strip()}")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from certs.authority import cert_pem, certificate_id, common_name, issued_by, load_certificates, serial_hex
+from certs.errors import PKIError
 from certs.keys import KeyType
 from devices.identity import DeviceFiles, make_key_and_csr, rotate_device_files
 from gateway.registry import Certificate, NotFound
@@ -117,13 +118,17 @@ def revoke(app: AppContext, certificate_id: str | None, thing: str | None) -> No
             raise ProvisioningError(f"thing {thing!r} has no certificate left to revoke")
     else:
         targets = [registry.get_certificate(certificate_id)]
-    own = app.store.exists()
-    issuer = app.issuer() if own else None
+    # The registry first: it is what the gateway enforces, within a second. The CRL (for brokers and tools
+    # that read one) needs the issuing CA's key, which may be locked behind a passphrase.
     for c in targets:
         registry.set_certificate_status(c.certificate_id, "REVOKED")
         console.print(f"{c.certificate_id} REVOKED")
-    if issuer is not None:
-        count = rewrite_crl(app.store, registry, issuer, app.clock())
+    if app.store.exists():
+        try:
+            count = rewrite_crl(app.store, registry, app.issuer(), app.clock())
+        except PKIError as exc:
+            raise PKIError(f"{len(targets)} certificate(s) REVOKED in the registry (the gateway refuses them), but "
+                           f"crl.pem was not rewritten: {exc}; then run `iotgate pki crl`") from None
         console.print(f"{app.store.paths.crl} rewritten ({count} revoked)")
 
 

@@ -57,6 +57,14 @@ def init(app: AppContext, key_type: str, server_names: tuple[str, ...], force: b
     console.print(f"  CA keys     0600, {encrypted}")
 
 
+@pki.command("crl")
+@pass_app
+def crl(app: AppContext) -> None:
+    """Rewrite crl.pem from the registry's REVOKED certificates (signed by the issuing CA)."""
+    count = rewrite_crl(app.store, app.registry(), app.issuer(), app.clock())
+    console.print(f"{app.store.paths.crl} rewritten ({count} revoked)")
+
+
 @pki.command("show")
 @json_option
 @pass_app

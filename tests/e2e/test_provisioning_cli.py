@@ -351,3 +351,18 @@ def test_ca_deactivate_and_activate(pki_cli):
     assert {c["caCertificateId"]: c["status"] for c in pki_cli("ca", "list", "--json").json()}[issuing] == "INACTIVE"
     pki_cli("ca", "activate", issuing)
     assert {c["caCertificateId"]: c["status"] for c in pki_cli("ca", "list", "--json").json()}[issuing] == "ACTIVE"
+
+
+def test_revoke_without_the_ca_passphrase_still_revokes_and_says_what_to_do(cli, monkeypatch):
+    monkeypatch.setenv("IOTGATE_CA_PASSPHRASE", "s3cret words")
+    cli("pki", "init")
+    cli("fleet", "provision", "--count", "1")
+    monkeypatch.delenv("IOTGATE_CA_PASSPHRASE")
+    cid = cli("cert", "list", "--json").json()[0]["certificateId"]
+    r = cli("cert", "revoke", cid, expect=2)
+    assert "REVOKED in the registry" in r.err and "iotgate pki crl" in r.err and "IOTGATE_CA_PASSPHRASE" in r.err
+    assert cli("cert", "show", cid, "--json").json()["status"] == "REVOKED"
+    monkeypatch.setenv("IOTGATE_CA_PASSPHRASE", "s3cret words")
+    cli("pki", "crl")
+    crl = x509.load_pem_x509_crl((cli.home / "crl.pem").read_bytes())
+    assert len(list(crl)) == 1

@@ -83,6 +83,9 @@ def test_unix_socket_upstream_with_the_gateways_own_password(fleet, own_gateway,
         assert os.stat(broker.config.directory).st_mode & 0o777 == 0o700
         running = own_gateway(broker.config.url)
         assert running.gateway.connector.password  # read from the broker directory's 0600 secret
+        stored = broker.config.password_path.read_text()
+        assert stored.startswith("iotgate-gateway:$") and running.gateway.connector.password.decode() not in stored
+        assert os.stat(broker.config.password_path).st_mode & 0o777 == 0o600
         (a, a_files, _), (b, b_files, _) = fleet.device("local"), fleet.device("local")
         running.sync(fleet.registry)
         sub = own_devices(a_files, a, running.port, version=5)
