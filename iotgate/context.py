@@ -72,7 +72,9 @@ class AppContext:
 
 pass_app = click.make_pass_decorator(AppContext)
 
-console = Console(highlight=False)
+# Piped output (logs, CI) gets a wide page instead of rich's 80 columns; a terminal keeps its own width.
+_PIPE_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120
+console = Console(highlight=False, width=_PIPE_WIDTH)
 err_console = Console(stderr=True, highlight=False)
 
 
