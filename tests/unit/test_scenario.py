@@ -176,3 +176,14 @@ def test_pick(n, fraction, chosen):
 @pytest.mark.parametrize("count, spread, expected", [(1, 5, [0.0]), (3, 0, [0.0] * 3), (3, 4, [0.0, 2.0, 4.0])])
 def test_spread_offsets(count, spread, expected):
     assert spread_offsets(count, spread) == expected
+
+
+def test_the_shipped_example_scenario_uses_every_attacker_kind():
+    from pathlib import Path
+
+    from devices.scenario import ATTACKER_KINDS, load_scenario
+
+    path = Path(__file__).resolve().parents[2] / "deploy" / "scenarios" / "attackers.toml"
+    scenario = load_scenario(str(path))
+    assert {a.kind for a in scenario.attackers} == set(ATTACKER_KINDS)
+    assert scenario.chaos and scenario.rotations
