@@ -361,8 +361,10 @@ class FleetRunner:
 
     def _options(self, group: Group) -> ClientOptions:
         s = group.session
+        # max_resends None: unacknowledged QoS 1 publishes are re-sent on every reconnect [MQTT-4.4.0-1], which
+        # is also what paho, aiomqtt and the CRT do, so one setting means the same through every connector.
         return ClientOptions(protocol_level=s.protocol, keep_alive=s.keep_alive, clean_start=s.clean_start,
-                             session_expiry=s.session_expiry, max_resends=5, connect_timeout=10.0)
+                             session_expiry=s.session_expiry, connect_timeout=10.0)
 
     def _new_link(self, dev: SimDevice) -> Any:
         def on_disconnect(notice: DisconnectNotice, dev=dev) -> None:
@@ -505,7 +507,9 @@ class FleetRunner:
     # ------------------------------------------------------------------ operator
 
     async def _operator(self, identity: DeviceIdentity) -> None:
-        options = ClientOptions(protocol_level=5, keep_alive=60, max_resends=5)
+        # the scenario's protocol level, so the operator speaks what every connector under test speaks
+        options = ClientOptions(protocol_level=self.scenario.session.protocol, keep_alive=60)
+
         def on_disconnect(notice: DisconnectNotice) -> None:
             if not self.stopping.is_set() and self.observer_gap is None:
                 self.observer_gap = self.clock() - self.t0
@@ -651,7 +655,8 @@ class FleetRunner:
             await asyncio.to_thread(local.registry.set_certificate_status, rotated.old_certificate_id, "INACTIVE")
             await self._sleep(self.scenario.registry_propagation)
             probe = self.connector.link(rotated.previous, self.plan.endpoint, client_id=dev.thing,
-                                        options=ClientOptions(protocol_level=5, max_resends=0, connect_timeout=5.0))
+                                        options=ClientOptions(protocol_level=dev.group.session.protocol,
+                                                              max_resends=0, connect_timeout=5.0))
             outcome = await probe.connect()
             self.stats.connect(outcome)
             if outcome.ok:

@@ -349,12 +349,12 @@ def _group(table: Any, path: str, session: SessionSettings) -> Group:
     return group
 
 
-def _attacker(table: Any, path: str) -> AttackerGroup:
+def _attacker(table: Any, path: str, session: SessionSettings) -> AttackerGroup:
     r = _Reader(table, path)
     a = AttackerGroup(
         kind=r.choice("kind", tuple(ATTACKER_KINDS), required=True),
         count=r.integer("count", 1, lo=1, hi=MAX_ATTACKERS_PER_GROUP),
-        protocol=r.integer("protocol", 5, choices=(4, 5)),
+        protocol=r.integer("protocol", session.protocol, choices=(4, 5)),  # default: the scenario's [session]
         connects=r.integer("connects", 20, lo=2, hi=MAX_FLOOD_CONNECTS),
         timeout=r.number("timeout", 15.0, lo=0.1, hi=300),
     )
@@ -389,7 +389,7 @@ def parse_scenario(data: Mapping[str, Any], *, default_name: str = "scenario") -
     name = r.get("name", str, default_name)
     session = _session(r.get("session", dict, {}), "session", SessionSettings())
     groups = tuple(_group(t, f"groups[{i}]", session) for i, t in enumerate(_list(r, "groups")))
-    attackers = tuple(_attacker(t, f"attackers[{i}]") for i, t in enumerate(_list(r, "attackers")))
+    attackers = tuple(_attacker(t, f"attackers[{i}]", session) for i, t in enumerate(_list(r, "attackers")))
     chaos = tuple(_chaos(t, f"chaos[{i}]") for i, t in enumerate(_list(r, "chaos")))
     rotations = tuple(_rotation(t, f"rotations[{i}]") for i, t in enumerate(_list(r, "rotations")))
     scenario = Scenario(

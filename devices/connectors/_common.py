@@ -12,6 +12,7 @@ import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 
+from devices.client import PublishResult, SubscribeResult
 from gateway.mqtt import ConnectReturnCode, Publish, ReasonCode
 
 # paho's MQTT 5 reason code for each MQTT 3.1.1 CONNACK return code (paho.mqtt._packet.convert_connack_rc_to_reason_code)
@@ -101,3 +102,25 @@ class Inbox:
                 await self._waiter
             finally:
                 self._waiter = None
+
+
+class BoundedRequests:
+    """``publish``/``subscribe`` of the DeviceLink contract, with its optional ``timeout``, over a link's own
+    ``_publish``/``_subscribe``: a request not answered in time is a ``timeout`` result, as the native client
+    reports it."""
+
+    async def publish(self, topic: str, payload: bytes = b"", qos: int = 0, retain: bool = False, *,
+                      timeout: float | None = None) -> PublishResult:
+        return await _bounded(self._publish(topic, payload, qos, retain), timeout, PublishResult(False, "timeout"))
+
+    async def subscribe(self, *filters: str, qos: int = 1, timeout: float | None = None) -> SubscribeResult:
+        return await _bounded(self._subscribe(*filters, qos=qos), timeout, SubscribeResult(False, "timeout"))
+
+
+async def _bounded(request, timeout: float | None, expired):
+    if timeout is None:
+        return await request
+    try:
+        return await asyncio.wait_for(request, timeout)
+    except TimeoutError:
+        return expired

@@ -19,7 +19,8 @@ Not reported: DNS, TCP and TLS timings (aiomqtt opens the connection in an execu
 ``connect()``; only ``total`` is measured), the TLS version, CONNACK/PUBACK/SUBACK
 properties, the session-present flag (aiomqtt does not pass it on: always False). Options: ``protocol_level``,
 ``keep_alive``, ``clean_start``, ``session_expiry``, ``will``, ``username``/``password``, ``max_inflight``,
-``connect_timeout``. Not supported: ``max_resends`` (refused), ``max_packet_size``, ``ping_timeout``;
+``connect_timeout``, ``max_resends`` 0 (the link never reconnects, so it never re-sends). Not supported:
+other ``max_resends`` limits (refused), ``max_packet_size``, ``ping_timeout``;
 ``inbox_size`` does not bound aiomqtt's own queue (no backpressure on reading).
 """
 
@@ -40,7 +41,7 @@ import paho.mqtt.client as mqtt
 
 from devices.client import (ClientOptions, ConnectOutcome, ConnectTimings, DisconnectNotice, Endpoint,
                             PublishResult, Reason, SubscribeResult)
-from devices.connectors._common import Inbox, code_name, connack_code, is_tls_failure, tls_detail
+from devices.connectors._common import BoundedRequests, Inbox, code_name, connack_code, is_tls_failure, tls_detail
 from devices.connectors.paho import check_options, connect_properties
 from devices.identity import DeviceIdentity
 from devices.transport import identity_context
@@ -78,7 +79,7 @@ def _exc_chain(exc: BaseException | None):
         exc = exc.__cause__ or exc.__context__
 
 
-class AiomqttLink:
+class AiomqttLink(BoundedRequests):
     """One device on aiomqtt (see the module docstring). One connection per :meth:`connect`."""
 
     def __init__(self, identity: DeviceIdentity, endpoint: Endpoint, *, client_id: str, options: ClientOptions,
@@ -301,7 +302,7 @@ class AiomqttLink:
             pass
         return False, None
 
-    async def publish(self, topic: str, payload: bytes = b"", qos: int = 0, retain: bool = False) -> PublishResult:
+    async def _publish(self, topic: str, payload: bytes = b"", qos: int = 0, retain: bool = False) -> PublishResult:
         if qos not in (0, 1):
             raise ValueError(f"QoS {qos} is not offered (0 or 1; AWS IoT Core has no QoS 2)")
         if not self._connected or self._client is None:
@@ -325,7 +326,7 @@ class AiomqttLink:
         ok = code < 0x80
         return PublishResult(ok, "acked" if ok else "refused", mid, code, latency)
 
-    async def subscribe(self, *filters: str, qos: int = 1) -> SubscribeResult:
+    async def _subscribe(self, *filters: str, qos: int = 1) -> SubscribeResult:
         if not self._connected or self._client is None:
             return SubscribeResult(False, "not-connected")
         started = self.clock()

@@ -17,7 +17,8 @@ Options: ``protocol_level`` 4 only (MQTT 5 through ``mqtt5_client_builder`` is n
 error), ``keep_alive`` (1..65535 s; ``ping_timeout`` is sent as ``ping_timeout_ms``, lowered below the
 keep-alive because the CRT requires ``ping_timeout_ms < keep_alive_secs * 1000``), ``clean_start``, ``will``,
 ``username``/``password``, ``connect_timeout`` (TCP connect timeout and the bound on the whole attempt).
-Not supported: ``session_expiry`` (MQTT 5), ``max_resends``, ``max_inflight`` (the CRT queues without a
+``max_resends`` 0 (the link ends on an interruption, so the CRT never resumes and re-sends). Not supported:
+``session_expiry`` (MQTT 5), other ``max_resends`` limits, ``max_inflight`` (the CRT queues without a
 client-side limit), ``max_packet_size``; refused when set to a non-default value.
 
 Not reported, because the CRT does not expose them: DNS, TCP, TLS and CONNACK timings (only ``total``), the
@@ -39,7 +40,7 @@ from awsiot import mqtt_connection_builder
 
 from devices.client import (DEFAULT_OPTIONS, ClientOptions, ConnectOutcome, ConnectTimings, DisconnectNotice,
                             Endpoint, PublishResult, Reason, SubscribeResult)
-from devices.connectors._common import Inbox, code_name
+from devices.connectors._common import BoundedRequests, Inbox, code_name
 from devices.identity import DeviceIdentity
 from gateway.mqtt import Publish
 
@@ -61,8 +62,8 @@ def check_options(options: ClientOptions) -> None:
         problems.append("protocol_level 5 (this connector speaks MQTT 3.1.1 through mqtt_connection_builder)")
     if options.keep_alive < 1:
         problems.append("keep_alive 0 (the CRT needs a keep-alive longer than its ping timeout)")
-    if options.max_resends is not None:
-        problems.append("max_resends (the CRT re-sends on its own terms)")
+    if options.max_resends not in (None, 0):  # 0 holds: the link disconnects on an interruption, never resumes
+        problems.append("max_resends other than 0 (the CRT re-sends on its own terms)")
     if options.max_inflight != DEFAULT_OPTIONS.max_inflight:
         problems.append("max_inflight (the CRT has no client-side inflight limit)")
     if options.max_packet_size != DEFAULT_OPTIONS.max_packet_size:
@@ -94,7 +95,7 @@ def failure_outcome(exc: BaseException) -> tuple[Reason, str, int | None, str]:
     return Reason.CLOSED, detail, None, "mqtt"
 
 
-class AwsIotSdkLink:
+class AwsIotSdkLink(BoundedRequests):
     """One device on the AWS IoT Device SDK v2 (see the module docstring). One connection per :meth:`connect`."""
 
     def __init__(self, identity: DeviceIdentity, endpoint: Endpoint, *, client_id: str, options: ClientOptions,
@@ -239,7 +240,7 @@ class AwsIotSdkLink:
         task.cancel()
         return False, None
 
-    async def publish(self, topic: str, payload: bytes = b"", qos: int = 0, retain: bool = False) -> PublishResult:
+    async def _publish(self, topic: str, payload: bytes = b"", qos: int = 0, retain: bool = False) -> PublishResult:
         if qos not in (0, 1):
             raise ValueError(f"QoS {qos} is not offered (0 or 1; AWS IoT Core has no QoS 2)")
         if not self._connected or self._connection is None:
@@ -256,7 +257,7 @@ class AwsIotSdkLink:
             return PublishResult(True, "sent")
         return PublishResult(True, "acked", packet_id, 0, latency)
 
-    async def subscribe(self, *filters: str, qos: int = 1) -> SubscribeResult:
+    async def _subscribe(self, *filters: str, qos: int = 1) -> SubscribeResult:
         """One SUBSCRIBE per filter (the SDK's ``subscribe`` takes one; ``subscribe_multiple`` has no per-filter
         failure); ``reason_codes`` in the order of ``filters``."""
         if not self._connected or self._connection is None:

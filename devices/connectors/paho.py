@@ -14,10 +14,10 @@ paho reads, so it is reported as ``Reason.TLS`` with OpenSSL's reason rather tha
 
 Options: ``protocol_level`` 4/5, ``keep_alive``, ``clean_start``, ``session_expiry`` (MQTT 5), ``will``,
 ``username``/``password``, ``max_inflight`` (paho's inflight window; further publishes queue inside paho),
-``connect_timeout`` (TCP + TLS + CONNACK), ``inbox_size``. Not supported: ``max_resends`` (paho re-sends
-unacknowledged QoS 1 publishes itself on a reconnect of the same client object, without a limit -- this link
-never reconnects, so nothing is re-sent), ``max_packet_size`` and ``ping_timeout`` (paho: a PINGRESP is
-awaited for one keep-alive interval).
+``connect_timeout`` (TCP + TLS + CONNACK), ``inbox_size``, ``max_resends`` 0 (paho re-sends unacknowledged
+QoS 1 publishes itself on a reconnect of the same client object, without a limit; this link never reconnects,
+so nothing is ever re-sent: 0 is what it does, any other limit is refused). Not supported:
+``max_packet_size`` and ``ping_timeout`` (paho: a PINGRESP is awaited for one keep-alive interval).
 
 Not reported: PUBACK/SUBACK/CONNACK properties and the properties of received messages (``Publish.properties``
 is empty); ``dup`` and ``packet_id`` of received messages are paho's values.
@@ -37,7 +37,8 @@ from paho.mqtt.properties import Properties as PahoProperties
 
 from devices.client import (ClientOptions, ConnectOutcome, ConnectTimings, DisconnectNotice, Endpoint,
                             PublishResult, Reason, SubscribeResult)
-from devices.connectors._common import Inbox, code_name, connack_code, is_tls_failure, tls_detail, tls_version_of
+from devices.connectors._common import (BoundedRequests, Inbox, code_name, connack_code, is_tls_failure, tls_detail,
+                                        tls_version_of)
 from devices.identity import DeviceIdentity
 from devices.transport import identity_context
 from gateway.mqtt import Publish
@@ -53,9 +54,9 @@ class PahoConnector:
 
 def check_options(options: ClientOptions, library: str) -> None:
     """Refuse what a paho-based link cannot honour, rather than silently doing something else."""
-    if options.max_resends is not None:
-        raise ValueError(f"{library}: max_resends is not supported (paho re-sends unacknowledged publishes "
-                         "itself); leave it None")
+    if options.max_resends not in (None, 0):
+        raise ValueError(f"{library}: max_resends={options.max_resends} is not supported (the link never "
+                         "reconnects, so it never re-sends: use 0 or leave it None)")
 
 
 def paho_will(options: ClientOptions) -> dict | None:
@@ -170,7 +171,7 @@ async def open_tls(loop: asyncio.AbstractEventLoop, endpoint: Endpoint, context:
     return tls
 
 
-class PahoLink:
+class PahoLink(BoundedRequests):
     """One device on paho-mqtt 2 (see the module docstring for what it supports). One connection per
     :meth:`connect`; no automatic reconnect."""
 
@@ -437,7 +438,7 @@ class PahoLink:
 
     # -------------------------------------------------------------------------------------- publish / subscribe
 
-    async def publish(self, topic: str, payload: bytes = b"", qos: int = 0, retain: bool = False) -> PublishResult:
+    async def _publish(self, topic: str, payload: bytes = b"", qos: int = 0, retain: bool = False) -> PublishResult:
         if qos not in (0, 1):
             raise ValueError(f"QoS {qos} is not offered (0 or 1; AWS IoT Core has no QoS 2)")
         if not self._connected:
@@ -461,7 +462,7 @@ class PahoLink:
         ok = code < 0x80
         future.set_result(PublishResult(ok, "acked" if ok else "refused", mid, code, self.clock() - started))
 
-    async def subscribe(self, *filters: str, qos: int = 1) -> SubscribeResult:
+    async def _subscribe(self, *filters: str, qos: int = 1) -> SubscribeResult:
         if not self._connected:
             return SubscribeResult(False, "not-connected")
         started = self.clock()

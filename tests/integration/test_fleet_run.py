@@ -211,3 +211,43 @@ def test_cli_fleet_run_against_iotgate_gateway_run(fleet, broker, tmp_path):
     finally:
         gw.terminate()
         gw.wait(10)
+
+
+SAME_SCENARIO = """
+name = "through-every-connector"
+duration = 2
+registry_propagation = 0.2
+drain = 1
+[session]
+protocol = 4
+[[groups]]
+name = "sensors"
+prefix = "fr-{connector}-"
+count = 2
+subscribe = ["cmd/{thing}/#"]
+[groups.publish]
+topic = "dt/{thing}/telemetry"
+interval = 0.3
+[groups.commands]
+topic = "cmd/{thing}/reboot"
+response = "cmd/{thing}/resp/reboot"
+interval = 0.5
+""" + "".join(f'[[attackers]]\nkind = "{kind}"\n' for kind in (
+    "foreign-ca", "revoked", "unregistered", "client-id-spoof", "publish-outside-policy", "wildcard-subscribe"))
+
+
+@pytest.mark.parametrize("connector", ["native", "paho", "aiomqtt", "awsiotsdk"])
+def test_the_same_scenario_through_every_connector(fleet, stack, connector):
+    """One scenario (MQTT 3.1.1: what every stack speaks, awsiotsdk included), the same expected outcomes."""
+    _, running = stack
+    text = SAME_SCENARIO.replace("{connector}", connector)
+    # by name: paho, aiomqtt and the CRT send the host they connect to as SNI
+    same = FleetPlan(target="gateway", endpoint=Endpoint("localhost", running.port), devices=2,
+                     scenario=loads_scenario(text), connector=connector,
+                     local=LocalPKI(fleet.store, fleet.registry, fleet.store.load_issuer(), fleet.now))
+    result = run_fleet(same)
+    assert result.mismatches == [], result.report["mismatches"]
+    groups = {g["group"]: g for g in result.report["groups"]}
+    assert groups["sensors"]["allowed"] == 2
+    assert all(g["refused"] == 1 for name, g in groups.items() if name.startswith("attacker:"))
+    assert result.report["summary"]["messages"] > 0 and result.report["connector"] == connector
