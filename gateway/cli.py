@@ -172,10 +172,13 @@ def _broker_options(fn):
                       help="mTLS listener port.")(fn)
     fn = click.option("--unix-socket", is_flag=True,
                       help="Also listen on a unix socket (0700 directory) with the gateway's own password.")(fn)
+    fn = click.option("--allow-devices", is_flag=True,
+                      help="Also accept device certificates: a plain Mosquitto that devices reach directly (e.g. "
+                           "`fleet run --target mosquitto`). Without it only the gateway's own identity connects.")(fn)
     return fn
 
 
-def _broker_config(directory: Path | None, host: str, port: int, unix_socket: bool):
+def _broker_config(directory: Path | None, host: str, port: int, unix_socket: bool, allow_devices: bool = False):
     from gateway.upstream.mosquitto import BrokerConfig
 
     home = _home()
@@ -184,7 +187,10 @@ def _broker_config(directory: Path | None, host: str, port: int, unix_socket: bo
     for path in (pki.server_cert, pki.server_key, pki.chain, pki.upstream_ca_cert, pki.upstream_crl):
         if not path.exists():
             raise IotgateError(f"{path}: missing; run `iotgate --home {home} pki init` first")
-    return BrokerConfig(pki, directory or home / "broker", host=host, port=port, unix_socket=unix_socket)
+    return BrokerConfig(pki, directory or home / "broker", host=host, port=port, unix_socket=unix_socket,
+                        clients="devices" if allow_devices else "gateway",
+                        # devices talking to the broker directly may use their own topics only
+                        acl_extra="pattern readwrite dt/%u/#\npattern readwrite cmd/%u/#\n" if allow_devices else "")
 
 
 @click.group()
@@ -194,11 +200,11 @@ def broker() -> None:
 
 @broker.command("config")
 @_broker_options
-def broker_config(directory: Path | None, host: str, port: int, unix_socket: bool) -> None:
+def broker_config(directory: Path | None, host: str, port: int, unix_socket: bool, allow_devices: bool) -> None:
     """Write the broker configuration (mosquitto.conf, ACL, password file for the unix socket)."""
     from gateway.upstream.mosquitto import write_config
 
-    cfg = _broker_config(directory, host, port, unix_socket)
+    cfg = _broker_config(directory, host, port, unix_socket, allow_devices)
     path = write_config(cfg)
     console.print(f"broker configuration written to [bold]{path}[/]")
     console.print(f"  run it:      mosquitto -c {path}   (or `iotgate broker run`)")
@@ -207,11 +213,11 @@ def broker_config(directory: Path | None, host: str, port: int, unix_socket: boo
 
 @broker.command("run")
 @_broker_options
-def broker_run(directory: Path | None, host: str, port: int, unix_socket: bool) -> None:
+def broker_run(directory: Path | None, host: str, port: int, unix_socket: bool, allow_devices: bool) -> None:
     """Render the configuration and run Mosquitto in the foreground until Ctrl-C."""
     from gateway.upstream.mosquitto import MosquittoProcess
 
-    cfg = _broker_config(directory, host, port, unix_socket)
+    cfg = _broker_config(directory, host, port, unix_socket, allow_devices)
 
     def interrupt(signum, frame):  # SIGTERM (and SIGINT, even when started in the background) stop the broker
         raise KeyboardInterrupt

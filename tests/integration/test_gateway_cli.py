@@ -43,6 +43,22 @@ def test_broker_config_writes_a_private_directory(fleet, tmp_path):
     assert "require_certificate true" in conf and "listener 18884 127.0.0.1" in conf
     assert os.stat(tmp_path / "b").st_mode & 0o777 == 0o700
     assert os.stat(tmp_path / "b" / "gateway.secret").st_mode & 0o777 == 0o600
+    # the gateway's upstream broker trusts the upstream CA alone: no device certificate can reach it
+    assert f"cafile {fleet.store.paths.upstream_ca_cert}\n" in conf
+    assert f"crlfile {fleet.store.paths.upstream_crl}\n" in conf
+
+
+def test_broker_config_for_devices_trusts_both_cas_and_their_crls(fleet, tmp_path):
+    result = invoke(broker, fleet.home, "config", "--dir", str(tmp_path / "d"), "--allow-devices")
+    assert result.exit_code == 0, result.output
+    conf = (tmp_path / "d" / "mosquitto.conf").read_text()
+    assert f"cafile {tmp_path / 'd' / 'client-cas.pem'}\n" in conf
+    cas = (tmp_path / "d" / "client-cas.pem").read_bytes()
+    paths = fleet.store.paths
+    assert paths.issuing_cert.read_bytes() in cas and paths.upstream_ca_cert.read_bytes() in cas
+    crls = (tmp_path / "d" / "client-crls.pem").read_bytes()
+    assert paths.crl.read_bytes() in crls and paths.upstream_crl.read_bytes() in crls
+    assert "pattern readwrite dt/%u/#" in (tmp_path / "d" / "acl").read_text()
 
 
 def test_stats_from_the_file_and_from_the_endpoint(fleet, broker, tmp_path):
