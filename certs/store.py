@@ -78,6 +78,17 @@ class PKI:
     gateway_client: x509.Certificate
 
 
+class HomeMissing(PKIError):
+    pass
+
+
+def require_home(home: Path) -> None:
+    """The one check every command makes before it uses a home."""
+    if not Path(home).is_dir():
+        raise HomeMissing(f"{home}: no iotgate home here; run `iotgate --home {home} pki init` first, "
+                          "or pass --home / set IOTGATE_HOME")
+
+
 class PKIStore:
     def __init__(self, home: Path) -> None:
         self.home = Path(home)

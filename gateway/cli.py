@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from certs.errors import IotgateError
-from certs.store import PKIPaths
+from certs.store import PKIPaths, require_home
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -39,12 +39,6 @@ def _home() -> Path:
 def _registry_url() -> str | None:
     obj = click.get_current_context().obj
     return getattr(obj, "registry_url", None) or os.environ.get("IOTGATE_REGISTRY")
-
-
-def _require_home(home: Path) -> None:
-    if not home.is_dir():
-        raise IotgateError(f"{home}: no iotgate home here; run `iotgate --home {home} pki init` first, "
-                           "or pass --home / set IOTGATE_HOME")
 
 
 # --------------------------------------------------------------------------------------------- gateway
@@ -72,7 +66,7 @@ def run(config_path: Path | None, host: str | None, port: int | None, upstream: 
     from gateway.server import run as run_gateway
 
     home = _home()
-    _require_home(home)
+    require_home(home)
     cfg = load_config(home, config_path, host=host, port=port, upstream=upstream, access_log=access_log,
                       metrics_port=metrics_port, registry=_registry_url())
 
@@ -182,7 +176,7 @@ def _broker_config(directory: Path | None, host: str, port: int, unix_socket: bo
     from gateway.upstream.mosquitto import BrokerConfig
 
     home = _home()
-    _require_home(home)
+    require_home(home)
     pki = PKIPaths(home)
     for path in (pki.server_cert, pki.server_key, pki.chain, pki.upstream_ca_cert, pki.upstream_crl):
         if not path.exists():

@@ -16,14 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from certs.authority import utcnow
-from certs.errors import IotgateError
-from certs.store import PASSPHRASE_ENV, PKIStore
+from certs.store import PASSPHRASE_ENV, PKIStore, require_home
 
 DEFAULT_HOME = ".iotgate"
-
-
-class HomeMissing(IotgateError):
-    pass
 
 
 @dataclasses.dataclass
@@ -42,9 +37,7 @@ class AppContext:
         return self.registry_url or f"sqlite:///{self.home.resolve() / 'registry.db'}"
 
     def require_home(self) -> None:
-        if not self.home.is_dir():
-            raise HomeMissing(f"{self.home}: no iotgate home here; run `iotgate --home {self.home} pki init` "
-                              "first, or pass --home / set IOTGATE_HOME")
+        require_home(self.home)
 
     def registry(self):
         """The registry, opened once per command (the home must exist unless the URL is PostgreSQL)."""
