@@ -72,6 +72,7 @@ class Limits:
     decision_cache_size: int = 1024
     registry_poll_interval: float = 0.2
     max_rate_keys: int = 100_000
+    max_device_buffer: int = 1 << 20  # bytes waiting for a device that does not read: beyond, the session closes
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -222,13 +223,17 @@ def validate(cfg: GatewayConfig, *, source: str = "configuration") -> None:
     if lim.max_packet_size < 64:
         raise ConfigError(f"{source}: limits.max_packet_size must be at least 64 bytes, got {lim.max_packet_size}")
     for name in ("max_connections", "max_subscriptions", "max_filters_per_subscribe", "max_inflight",
-                 "connect_burst_per_client_id", "connect_burst_per_source", "publish_burst", "max_client_id_bytes"):
+                 "connect_burst_per_client_id", "connect_burst_per_source", "publish_burst", "max_client_id_bytes",
+                 "max_rate_keys"):
         if getattr(lim, name) < 1:
             raise ConfigError(f"{source}: limits.{name} must be at least 1, got {getattr(lim, name)}")
     if not 1 <= lim.max_inflight <= 65535:
         raise ConfigError(f"{source}: limits.max_inflight must be 1..65535, got {lim.max_inflight}")
     if lim.topic_alias_maximum > 65535:
         raise ConfigError(f"{source}: limits.topic_alias_maximum must be 0..65535, got {lim.topic_alias_maximum}")
+    if lim.max_device_buffer < lim.max_packet_size:
+        raise ConfigError(f"{source}: limits.max_device_buffer ({lim.max_device_buffer}) is below max_packet_size "
+                          f"({lim.max_packet_size}); one delivery must fit in it")
     if lim.decision_cache_size < 2:
         raise ConfigError(f"{source}: limits.decision_cache_size must be at least 2, got {lim.decision_cache_size}")
     from gateway.upstream.link import UpstreamError, parse_upstream_url

@@ -47,6 +47,11 @@ from gateway.session import Close, Peer, RateLimiter, Session, State
 from gateway.upstream.link import UpstreamConnector, parse_upstream_url
 
 CLOSE_GRACE = 2.0  # seconds a closing device may take to read its last packets before it is aborted
+# The device transport pauses the gateway's reading of that device above this many buffered bytes (uvloop's TLS
+# default is 512 KiB): with one read's worth of answers on top, a slow device stays well below max_device_buffer.
+DEVICE_WRITE_HIGH_WATER = 64 * 1024
+ACCEPT_BACKOFF = 0.05  # first pause before the accept loop restarts after an unexpected error; doubles
+ACCEPT_BACKOFF_MAX = 1.0
 
 
 class SessionDirectory:
@@ -137,7 +142,7 @@ class Connection:
 
     __slots__ = ("gw", "loop", "addr", "session", "device", "device_protocol", "upstream", "der", "certificate_id",
                  "client_id", "done", "want_upstream", "last_up_tx", "_timer", "_abort_timer", "_active",
-                 "_device_full", "_upstream_full")
+                 "_device_full", "_upstream_full", "_reading_paused")
 
     def __init__(self, gateway: Gateway, addr: tuple) -> None:
         self.gw = gateway
@@ -158,6 +163,7 @@ class Connection:
         self._active = False
         self._device_full = False
         self._upstream_full = False
+        self._reading_paused = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -232,15 +238,32 @@ class Connection:
             self._step("registry change", self.session.update_auth, auth)
 
     def backpressure(self, *, device_full: bool | None = None, upstream_full: bool | None = None) -> None:
-        # A slow reader on one side pauses reading from the other: memory per connection stays bounded.
+        # A slow reader on one side pauses reading from the other: memory per connection stays bounded. A device
+        # that does not read its own side is not read either: the gateway's own answers (PINGRESP, SUBACK,
+        # negative PUBACK) would otherwise pile up in its write buffer.
         if device_full is not None:
             self._device_full = device_full
             if self.upstream is not None and not self.upstream.is_closing():
                 (self.upstream.pause_reading if device_full else self.upstream.resume_reading)()
         if upstream_full is not None:
             self._upstream_full = upstream_full
-            if self.device is not None and not self.device.is_closing():
-                (self.device.pause_reading if upstream_full else self.device.resume_reading)()
+        self._set_device_reading(not (self._device_full or self._upstream_full))
+
+    def _set_device_reading(self, reading: bool) -> None:
+        if reading != self._reading_paused:
+            return
+        device = self.device
+        if device is None or device.is_closing():
+            return
+        if reading:
+            self._reading_paused = False
+            device.resume_reading()
+            if self.session is not None:
+                # The time the gateway did not read counts as activity: keepalive measures the device, not us.
+                self.session.last_device_rx = max(self.session.last_device_rx, self.loop.time())
+        else:
+            self._reading_paused = True
+            device.pause_reading()
 
     # ------------------------------------------------------------------ effects
 
@@ -249,7 +272,7 @@ class Connection:
         out = session.out
         if out.device:
             if self.device is not None and not self.device.is_closing():
-                self.device.writelines(out.device)
+                self.device.write(b"".join(out.device))  # one write per batch, not a TLS record per packet
             out.device.clear()
         if out.upstream:
             if self.upstream is not None and not self.upstream.is_closing():
@@ -272,8 +295,13 @@ class Connection:
                 self.want_upstream.set_result(True)
         if out.close is not None:
             self._finish(out.close)
-        elif not self._active and session.state is State.ACTIVE:
+            return
+        if not self._active and session.state is State.ACTIVE:
             self._activate()
+        device = self.device
+        if device is not None and not device.is_closing() \
+                and device.get_write_buffer_size() > self.gw.config.limits.max_device_buffer:
+            self._step("device write buffer", session.device_not_reading, self.gw.config.limits.max_device_buffer)
 
     def _activate(self) -> None:
         self._active = True
@@ -291,6 +319,8 @@ class Connection:
             return
         now = self.loop.time()
         ka = session.keepalive
+        if self._reading_paused:  # the gateway is not reading the device: its silence is ours
+            session.last_device_rx = now
         idle = now - session.last_device_rx
         if idle >= ka * 1.5:
             self._step("keepalive", session.keepalive_expired)
@@ -503,8 +533,23 @@ class Gateway:
     # ------------------------------------------------------------------ accepting
 
     async def _accept_loop(self) -> None:
+        """Accept until stopped: a bug while admitting one connection is logged and accepting resumes."""
+        backoff = ACCEPT_BACKOFF
+        while True:
+            try:
+                await self._accept_connections()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the listener must outlive any one bad accept
+                if self._stopping:
+                    return
+                self.internal_error("the accept loop (restarting it)", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, ACCEPT_BACKOFF_MAX)
+
+    async def _accept_connections(self) -> None:
         loop = self.loop
-        lim = self.config.limits
         while True:
             try:
                 sock, addr = await loop.sock_accept(self._listener)
@@ -513,21 +558,30 @@ class Gateway:
                     return
                 await asyncio.sleep(0.05)  # e.g. EMFILE: back off instead of spinning
                 continue
-            ip = addr[0]
-            if len(self.connections) >= lim.max_connections:
-                self._refuse_socket(sock, addr, "server_busy",
-                                    f"{lim.max_connections} connections open (max_connections)")
-                continue
-            if not self.source_limiter.allow(ip, loop.time()):
-                self._refuse_socket(sock, addr, "source_rate_exceeded",
-                                    f"more than {lim.connect_rate_per_source:g} connections/s from this address")
-                continue
-            conn = Connection(self, addr)
-            self.connections.add(conn)
-            self.metrics.gauges["connections_open"] = len(self.connections)
-            task = loop.create_task(self._serve(conn, sock), name=f"iotgate-conn-{ip}:{addr[1]}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            try:
+                self._admit(sock, addr)
+            except BaseException:
+                sock.close()
+                raise
+
+    def _admit(self, sock: socket.socket, addr: tuple) -> None:
+        loop = self.loop
+        lim = self.config.limits
+        ip = addr[0]
+        if len(self.connections) >= lim.max_connections:
+            self._refuse_socket(sock, addr, "server_busy",
+                                f"{lim.max_connections} connections open (max_connections)")
+            return
+        if not self.source_limiter.allow(ip, loop.time()):
+            self._refuse_socket(sock, addr, "source_rate_exceeded",
+                                f"more than {lim.connect_rate_per_source:g} connections/s from this address")
+            return
+        conn = Connection(self, addr)
+        self.connections.add(conn)
+        self.metrics.gauges["connections_open"] = len(self.connections)
+        task = loop.create_task(self._serve(conn, sock), name=f"iotgate-conn-{ip}:{addr[1]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _refuse_socket(self, sock: socket.socket, addr: tuple, kind: str, reason: str) -> None:
         with contextlib.suppress(OSError):
@@ -542,6 +596,8 @@ class Gateway:
             except HandshakeFailed as exc:
                 self.record(_bare_event("tls", conn.addr, "refused", exc.key, exc.reason), None)
                 return
+            conn.device = transport  # from here on every way out aborts it (the except clauses below)
+            transport.set_write_buffer_limits(high=DEVICE_WRITE_HIGH_WATER)
             auth = self.authenticator.authenticate(tls.der, self.view)
             conn.der = tls.der
             peer = Peer(conn.addr[0], conn.addr[1], tls.server_name, tls.version)

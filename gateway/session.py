@@ -38,6 +38,7 @@ from gateway.mqtt import (
     ReasonCode,
     SubAck,
     Subscribe,
+    UnsubAck,
     connect_return_code_for,
     decode,
     encode,
@@ -199,6 +200,7 @@ class Session:
         "published", "delivered", "_auth", "_cache", "_connect_limiter", "_up_user", "_up_pass",
         "_assign_client_id", "_framer", "_up_framer", "_connack_sent", "_attrs", "_will_topic",
         "_upstream_connect", "_connect_decision", "_requested_keepalive", "_assigned", "_session_expiry",
+        "_expiry_granted",
         "_pending", "_pending_bytes", "_aliases", "_inflight", "_subs", "_reserved", "_hash_parents", "_subacks",
         "_pub_bucket", "_byte_bucket", "_throttle_logged",
     )
@@ -231,6 +233,7 @@ class Session:
         self._requested_keepalive = 0
         self._assigned: str | None = None
         self._session_expiry: int | None = None
+        self._expiry_granted = 0  # the session expiry interval the upstream session was opened with
         self._pending: list[Frame] = []
         self._pending_bytes = 0
         self._aliases: dict[int, str] = {}
@@ -240,8 +243,8 @@ class Session:
         self._hash_parents: frozenset[str] = frozenset()
         self._subacks: dict[int, tuple[list[int | None], list[str]]] = {}
         self._pub_bucket = TokenBucket(limits.publish_rate, limits.publish_burst, now)
-        self._byte_bucket = TokenBucket(limits.publish_bytes_rate, max(limits.publish_bytes_rate, limits.max_payload),
-                                        now)
+        self._byte_bucket = TokenBucket(limits.publish_bytes_rate,
+                                        max(limits.publish_bytes_rate, limits.max_packet_size), now)
         self._throttle_logged = -1.0
         self.last_device_rx = now
         self.packets_in = 0
@@ -295,7 +298,9 @@ class Session:
             return
         self._pending_bytes += len(frame)
         if len(self._pending) >= self.limits.max_pending_packets or self._pending_bytes > 256 * 1024:
-            self._close(Close("quota_exceeded", "too many packets sent before CONNACK", R.QUOTA_EXCEEDED))
+            # MQTT 5 has CONNACK 0x97 for it; MQTT 3.1.1 has no return code that says so: the connection is closed.
+            self._close(Close("quota_exceeded", "too many packets sent before CONNACK",
+                              R.QUOTA_EXCEEDED if self.level == 5 else None))
             return
         self._pending.append(frame)
 
@@ -403,6 +408,7 @@ class Session:
             expiry = props.session_expiry_interval
             if expiry is not None and expiry > lim.session_expiry_max:
                 self._session_expiry = expiry = lim.session_expiry_max
+            self._expiry_granted = expiry or 0
             changes["properties"] = dataclasses.replace(
                 props, session_expiry_interval=expiry, topic_alias_maximum=None,
                 authentication_method=None, authentication_data=None)
@@ -485,7 +491,9 @@ class Session:
                                   f"{self.limits.topic_alias_maximum}", R.TOPIC_ALIAS_INVALID))
                 return
             if topic:
-                self._aliases[alias] = topic
+                # Only a topic that may be published is remembered: the refusal below answers this publish.
+                if not is_reserved(topic) and topic_problem(topic, self.limits) is None:
+                    self._aliases[alias] = topic
             else:
                 topic = self._aliases.get(alias, "")
                 if not topic:
@@ -499,7 +507,7 @@ class Session:
                               R.PACKET_TOO_LARGE), event="publish", action="iot:Publish", resource=resource,
                         outcome="denied")
             return
-        if not (self._pub_bucket.take(now) and self._byte_bucket.take(now, size)):
+        if not (self._pub_bucket.take(now) and self._byte_bucket.take(now, len(frame.data))):
             self._throttled(header.packet_id, qos, resource, now)
             return
         if is_reserved(topic):
@@ -547,6 +555,14 @@ class Session:
                         f"more than {self.limits.publish_rate:g} publishes/s or "
                         f"{self.limits.publish_bytes_rate} bytes/s on this connection")
 
+    def _rate_text(self) -> str:
+        return f"more than {self.limits.publish_rate:g} publishes, subscribes and unsubscribes/s on this connection"
+
+    def _throttled_request(self, event: str, action: str, resource: str, now: float) -> None:
+        if now - self._throttle_logged >= 1.0:
+            self._throttle_logged = now
+            self._event(event, action, resource, "throttled", "request_rate_exceeded", self._rate_text())
+
     def _on_puback(self, frame: Frame, now: float) -> None:
         decode(frame, self.level)  # small: checked before it goes anywhere (raises on a malformed one)
         self.out.upstream.append(frame.data)  # acknowledges a delivery: the id belongs to the upstream
@@ -561,6 +577,20 @@ class Session:
             return
         pid = packet.packet_id
         fail = 0x80
+        count = len(packet.subscriptions)
+        if not self._pub_bucket.take(now):
+            # Requests share the publish rate: each SUBSCRIBE costs the gateway a policy decision per filter.
+            self.out.device.append(encode(SubAck(pid, (R.QUOTA_EXCEEDED if level == 5 else fail,) * count), level))
+            self._throttled_request("subscribe", "iot:Subscribe", f"topicfilter/{packet.subscriptions[0].topic_filter}",
+                                    now)
+            return
+        if count > lim.max_filters_per_subscribe:
+            # The whole packet is refused, with one event: a SUBACK of many filters must not write as many lines.
+            self.out.device.append(encode(SubAck(pid, (R.QUOTA_EXCEEDED if level == 5 else fail,) * count), level))
+            self._event("subscribe", "iot:Subscribe", f"topicfilter/{packet.subscriptions[0].topic_filter}",
+                        "denied", "subscribe_quota",
+                        f"{count} filters in one SUBSCRIBE (more than {lim.max_filters_per_subscribe})")
+            return
         if pid in self._subacks or len(self._subacks) >= lim.max_inflight:
             code = R.PACKET_IDENTIFIER_IN_USE if pid in self._subacks else R.QUOTA_EXCEEDED
             self.out.device.append(encode(SubAck(pid, tuple(code if level == 5 else fail
@@ -569,15 +599,12 @@ class Session:
         codes: list[int | None] = []
         forward = []
         known = len(self._subs.keys() | self._reserved)
-        for i, sub in enumerate(packet.subscriptions):
+        for sub in packet.subscriptions:
             flt = sub.topic_filter
             resource = f"topicfilter/{flt}"
             _, bare = split_shared_subscription(flt)
             refusal = None
-            if i >= lim.max_filters_per_subscribe:
-                refusal = (R.QUOTA_EXCEEDED, "subscribe_quota", f"more than {lim.max_filters_per_subscribe} "
-                           "filters in one SUBSCRIBE", None)
-            elif is_reserved(bare):
+            if is_reserved(bare):
                 refusal = (R.NOT_AUTHORIZED, "reserved_topic", "reserved topic filter: never forwarded upstream",
                            None)
             elif (problem := topic_problem(flt, lim, is_filter=True)) is not None:
@@ -607,6 +634,16 @@ class Session:
 
     def _on_unsubscribe(self, frame: Frame, now: float) -> None:
         packet = decode(frame, self.level)
+        if not self._pub_bucket.take(now):
+            resource = f"topicfilter/{packet.topic_filters[0]}"
+            if self.level != 5:  # MQTT 3.1.1 has no negative UNSUBACK: closed, as for a refused publish
+                self._close(Close("request_rate_exceeded", self._rate_text()), event="subscribe",
+                            action="iot:Subscribe", resource=resource, outcome="throttled")
+                return
+            self.out.device.append(encode(UnsubAck(packet.packet_id, (R.UNSPECIFIED_ERROR,) * len(
+                packet.topic_filters)), 5))
+            self._throttled_request("subscribe", "iot:Subscribe", resource, now)
+            return
         for flt in packet.topic_filters:
             self._subs.pop(flt, None)
         self._subs_changed()
@@ -619,7 +656,16 @@ class Session:
 
     def _on_disconnect(self, frame: Frame, now: float) -> None:
         packet = decode(frame, self.level)
-        self.out.upstream.append(frame.data)
+        data = frame.data
+        expiry = packet.properties.session_expiry_interval if self.level == 5 else None
+        if expiry is not None and expiry > self._expiry_granted:
+            if self._expiry_granted == 0:
+                raise MQTTProtocolError("DISCONNECT sets a session expiry interval after CONNECT set none",
+                                        R.PROTOCOL_ERROR, "[MQTT-3.14.2-2]", protocol_level=5)
+            # Never longer than granted at CONNECT: the broker would otherwise keep the session past the cap.
+            data = encode(dataclasses.replace(packet, properties=dataclasses.replace(
+                packet.properties, session_expiry_interval=self._expiry_granted)), 5)
+        self.out.upstream.append(data)
         code = int(packet.reason_code)
         detail = "device disconnected" if code == 0 else f"device disconnected with reason 0x{code:02X}"
         self._close(Close("disconnect", detail, None, graceful_upstream=True), outcome="closed")
@@ -765,6 +811,11 @@ class Session:
         if self.state is State.ACTIVE:
             self._close(Close("keepalive_timeout", f"nothing received for 1.5 x {self.keepalive} s",
                               R.KEEP_ALIVE_TIMEOUT))
+
+    def device_not_reading(self, buffered_limit: int) -> None:
+        """The device does not read what it is sent: more than ``buffered_limit`` bytes wait for it."""
+        self._close(Close("device_not_reading", f"more than {buffered_limit} bytes waiting for the device to read",
+                          R.QUOTA_EXCEEDED))
 
     def upstream_ping(self) -> None:
         if self.state is State.ACTIVE:

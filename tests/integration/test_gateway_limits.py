@@ -4,13 +4,14 @@ floods. Each ends its own connection only; the sessions of others carry on."""
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 
 import pytest
 
-from gateway.mqtt import Connect, Disconnect, Publish, ReasonCode, encode
+from gateway.mqtt import Connect, Disconnect, Framer, PacketType, Publish, ReasonCode, decode, encode
 
-from .conftest import Device, start_gateway
+from .conftest import Device, start_gateway, wait_until
 
 
 @pytest.fixture
@@ -221,3 +222,116 @@ def test_a_bug_in_one_session_ends_that_connection_only(gateway, raw, fleet, tal
     assert client.closed()
     gateway.events.wait_for(event="disconnect", client_id=thing, kind="internal_error")
     talking()
+
+
+# --------------------------------------------------------------------------------------------- devices that do not read
+
+def _device_buffers(running) -> list[int]:
+    return running.call(lambda: [c.device.get_write_buffer_size() for c in running.gateway.connections
+                                 if c.device is not None and not c.device.is_closing()])
+
+
+def _tls_client(running, fleet, files, rcvbuf: int = 4096):
+    """A TLS socket whose receive buffer is small, so what the device does not read stays at the gateway."""
+    ctx = ssl.create_default_context(cafile=str(fleet.store.paths.root_cert))
+    ctx.load_cert_chain(str(files.cert), str(files.key))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", running.port))
+    return ctx.wrap_socket(sock, server_hostname="localhost")
+
+
+def _send_until_blocked(sock, data: bytes, total: int, block_timeout: float = 1.0) -> int:
+    sock.settimeout(block_timeout)
+    sent = 0
+    try:
+        while sent < total:
+            sock.sendall(data)
+            sent += len(data)
+    except (TimeoutError, ssl.SSLError, OSError):
+        pass
+    return sent
+
+
+def test_device_that_never_reads_does_not_grow_gateway_memory(fleet, strict_gateway):
+    running = strict_gateway(keepalive_min=2)
+    thing, files, _ = fleet.device("deaf")
+    running.sync(fleet.registry)
+    sock = _tls_client(running, fleet, files)
+    try:
+        sock.sendall(encode(Connect(thing, protocol_level=5, keep_alive=2), 5))
+        framer = Framer(1 << 24, protocol_level=5)
+        frames = []
+        while not frames:
+            frames.extend(framer.feed(sock.recv(4096)))
+        assert decode(frames.pop(0), 5).reason_code == 0
+        sent = _send_until_blocked(sock, b"\xc0\x00" * 32768, 64 << 20)  # PINGREQ, never reading, until blocked
+        assert sent < 64 << 20, [(e["kind"], e["reason"]) for e in running.events.find(client_id=thing)]
+        limit = running.gateway.config.limits.max_device_buffer
+        assert max(_device_buffers(running), default=0) <= limit
+        time.sleep(3.5)  # longer than 1.5 x keepalive, while the gateway does not read the device
+        assert max(_device_buffers(running), default=0) <= limit
+        # not a keepalive timeout: the gateway paused reading, the device did not fall silent
+        assert not running.events.find(event="disconnect", client_id=thing), [
+            (e["kind"], e["reason"]) for e in running.events.find(client_id=thing)]
+        sock.settimeout(1.0)
+        assert decode(next(iter(framer.feed(sock.recv(4096)))), 5).packet_type is PacketType.PINGRESP
+    finally:
+        sock.close()
+
+
+def test_device_write_buffer_above_the_cap_closes_the_session(fleet, strict_gateway):
+    running = strict_gateway(max_device_buffer=146 * 1024)
+    thing, files, _ = fleet.device("deaf")
+    running.sync(fleet.registry)
+    sock = _tls_client(running, fleet, files)
+    try:
+        sock.sendall(encode(Connect(thing, protocol_level=5), 5))
+        assert sock.recv(4096)[:1] == b"\x20"
+        _send_until_blocked(sock, b"\xc0\x00" * 131072, 4 << 20)
+        record = running.events.wait_for(event="disconnect", client_id=thing)
+        assert record["kind"] == "device_not_reading" and record["code"] == ReasonCode.QUOTA_EXCEEDED
+    finally:
+        sock.close()
+
+
+def test_exception_during_authentication_aborts_the_transport(fleet, strict_gateway, raw):
+    running = strict_gateway()
+    _, files, _ = fleet.device("unlucky")
+    running.sync(fleet.registry)
+
+    def broken(der, view):
+        raise RuntimeError("simulated bug")
+
+    running.gateway.authenticator.authenticate = broken
+    client = raw(files, port=running.port)
+    assert client.closed(timeout=3)  # aborted, not left open outside max_connections
+    wait_until(lambda: not running.call(lambda: len(running.gateway.connections)))
+
+
+def test_accept_loop_outlives_an_unexpected_error(fleet, strict_gateway, raw, capfd):
+    running = strict_gateway()
+    thing, files, _ = fleet.device("survivor")
+    running.sync(fleet.registry)
+    limiter = running.gateway.source_limiter
+    calls = []
+
+    def allow_but_fail_once(key, now):
+        calls.append(key)
+        if len(calls) == 1:
+            raise RuntimeError("simulated bug")
+        return type(limiter).allow(limiter, key, now)
+
+    limiter.allow = allow_but_fail_once
+    first = socket.create_connection(("127.0.0.1", running.port))
+    first.settimeout(5)
+    try:
+        assert first.recv(10) == b""  # closed, not left hanging
+    except ConnectionResetError:
+        pass
+    first.close()
+    client = raw(files, port=running.port)
+    client.send(encode(Connect(thing, protocol_level=5), 5))
+    assert client.packet().reason_code == 0  # accepting resumed
+    assert "internal error in the accept loop" in capfd.readouterr().err

@@ -69,3 +69,13 @@ def test_errors_name_the_key(tmp_path, text, message):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="configuration file not found"):
         load_config(tmp_path, tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[limits]\nmax_rate_keys = 0\n", "limits.max_rate_keys must be at least 1, got 0"),
+    ("[limits]\nmax_device_buffer = 1024\n", "limits.max_device_buffer (1024) is below max_packet_size"),
+])
+def test_values_that_would_break_the_listener_are_refused(tmp_path, text, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path, write(tmp_path, text))
+    assert message in str(err.value)

@@ -492,3 +492,124 @@ def test_arbitrary_first_packet_never_raises(level, data):
     session = Session(Peer("192.0.2.7", 1), principal(), LIMITS)
     session.receive_device(data, 0.0)
     assert session.state in (State.AWAIT_CONNECT, State.UPSTREAM_PENDING, State.CLOSED)
+
+
+# --------------------------------------------------------------------------------------------- request floods
+
+@pytest.mark.parametrize("level,code", [(5, R.QUOTA_EXCEEDED), (4, 0x80)])
+def test_subscribe_above_the_filter_limit_is_refused_whole_with_one_event(level, code):
+    session = connected(level)
+    drain(session)
+    filters = tuple(Subscription(f"room/{i}", 1) for i in range(5000))
+    session.receive_device(encode(Subscribe(7, filters), level), 1.0)
+    device, upstream, events = drain(session)
+    assert device == [SubAck(7, (code,) * 5000)] and upstream == []
+    assert [(e["event"], e["decision"], e["kind"]) for e in events] == [("subscribe", "denied", "subscribe_quota")]
+    assert not session.closed
+
+
+def test_subscribe_at_the_filter_limit_still_goes_upstream():
+    session = connected(5)
+    drain(session)
+    filters = tuple(Subscription(f"room/{i}", 1) for i in range(LIMITS.max_filters_per_subscribe))
+    session.receive_device(encode(Subscribe(7, filters), 5), 1.0)
+    _, upstream, events = drain(session)
+    assert upstream == [Subscribe(7, filters)] and events == []
+
+
+@pytest.mark.parametrize("level,code", [(5, R.QUOTA_EXCEEDED), (4, 0x80)])
+def test_subscribes_share_the_publish_rate(level, code):
+    session = connected(level, limits=dataclasses.replace(LIMITS, publish_rate=1.0, publish_burst=2))
+    drain(session)
+    session.receive_device(encode(Publish("room/a", b"t", qos=1, packet_id=1), level), 0.0)
+    for pid in (2, 3, 4):
+        session.receive_device(encode(Subscribe(pid, (Subscription("room/a", 1),)), level), 0.0)
+    device, upstream, events = drain(session)
+    assert device == [SubAck(3, (code,)), SubAck(4, (code,))] and len(upstream) == 2
+    assert [(e["event"], e["decision"], e["kind"]) for e in events] == [
+        ("subscribe", "throttled", "request_rate_exceeded")]  # one line per second, not one per packet
+
+
+def test_unsubscribes_share_the_publish_rate():
+    session = connected(5, limits=dataclasses.replace(LIMITS, publish_rate=1.0, publish_burst=1))
+    drain(session)
+    session.receive_device(encode(Unsubscribe(1, ("room/a",)), 5) + encode(Unsubscribe(2, ("room/a", "room/b")), 5),
+                           0.0)
+    device, upstream, events = drain(session)
+    assert upstream == [Unsubscribe(1, ("room/a",))]
+    assert [(p.packet_id, p.reason_codes) for p in device] == [(2, (R.UNSPECIFIED_ERROR, R.UNSPECIFIED_ERROR))]
+    assert [e["decision"] for e in events] == ["throttled"] and not session.closed
+    v3 = connected(4, limits=dataclasses.replace(LIMITS, publish_rate=1.0, publish_burst=1))
+    drain(v3)
+    v3.receive_device(encode(Unsubscribe(1, ("room/a",)), 4) + encode(Unsubscribe(2, ("room/a",)), 4), 0.0)
+    device, upstream, _ = drain(v3)
+    assert upstream == [Unsubscribe(1, ("room/a",))] and device == []
+    assert v3.closed and v3.out.close.key == "request_rate_exceeded"
+
+
+# --------------------------------------------------------------------------------------------- DISCONNECT
+
+@pytest.mark.parametrize("at_connect,at_disconnect,upstream_expiry", [
+    (600, 0xFFFFFFFF, 600),       # never longer than granted at CONNECT
+    (86400, 0xFFFFFFFF, 3600),    # ... which itself was capped
+    (600, 60, 60),                # shorter is the device's right
+    (600, None, None),            # absent: the CONNECT's value stands
+    (None, 0, 0),
+])
+def test_disconnect_session_expiry_is_clamped_to_the_connect_grant(at_connect, at_disconnect, upstream_expiry):
+    connect = Connect("alice", protocol_level=5, properties=Properties(session_expiry_interval=at_connect))
+    session = connected(5, connect=connect)
+    drain(session)
+    session.receive_device(encode(Disconnect(properties=Properties(session_expiry_interval=at_disconnect)), 5), 1.0)
+    device, upstream, _ = drain(session)
+    assert device == [] and [p.properties.session_expiry_interval for p in upstream] == [upstream_expiry]
+    assert session.out.close.key == "disconnect" and session.out.close.graceful_upstream
+
+
+def test_disconnect_session_expiry_after_none_at_connect_is_a_protocol_error():
+    session = connected(5)
+    drain(session)
+    session.receive_device(encode(Disconnect(properties=Properties(session_expiry_interval=0xFFFFFFFF)), 5), 1.0)
+    device, upstream, events = drain(session)
+    assert device == [Disconnect(R.PROTOCOL_ERROR)] and upstream == []
+    assert session.out.close.key == "protocol_error" and not session.out.close.graceful_upstream
+    assert "[MQTT-3.14.2-2]" in events[0]["reason"]
+
+
+# --------------------------------------------------------------------------------------------- PUBLISH accounting
+
+@pytest.mark.parametrize("topic,kind", [
+    ("$aws/things/alice/shadow/get", "reserved_topic"),
+    ("room/1/2/3/4/5/6/7/8", "topic_invalid"),
+    ("room/" + "x" * 300, "topic_invalid"),
+])
+def test_topic_alias_of_a_refused_topic_is_not_remembered(topic, kind):
+    session = connected(5)
+    drain(session)
+    alias = Properties(topic_alias=1)
+    session.receive_device(encode(Publish(topic, b"t", qos=1, packet_id=1, properties=alias), 5), 1.0)
+    session.receive_device(encode(Publish("", b"t", qos=1, packet_id=2, properties=alias), 5), 1.0)
+    device, upstream, events = drain(session)
+    assert upstream == [] and device[1:] == [Disconnect(R.PROTOCOL_ERROR)]
+    assert [e["kind"] for e in events] == [kind, "topic_alias_invalid"]
+
+
+def test_byte_rate_counts_the_whole_packet_not_only_the_payload():
+    limits = dataclasses.replace(LIMITS, publish_bytes_rate=300, max_payload=64, max_packet_size=300)
+    session = connected(5, limits=limits)
+    drain(session)
+    topic = "room/" + "x" * 200
+    for pid in (1, 2):
+        session.receive_device(encode(Publish(topic, b"0123456789", qos=1, packet_id=pid), 5), 0.0)
+    device, upstream, events = drain(session)
+    assert len(upstream) == 1 and device == [PubAck(2, R.QUOTA_EXCEEDED)]
+    assert [e["decision"] for e in events] == ["throttled"]
+
+
+@pytest.mark.parametrize("level,device", [(5, [Connack(False, R.QUOTA_EXCEEDED)]), (4, [])])
+def test_too_many_packets_before_connack(level, device):
+    session = Session(Peer("192.0.2.7", 1), principal(), LIMITS)
+    flood = b"".join(encode(Publish("room/a", b"early"), level) for _ in range(LIMITS.max_pending_packets + 1))
+    session.receive_device(encode(Connect("alice", protocol_level=level), level) + flood, 0.0)
+    assert packets(session.out.device, level) == device  # 3.1.1 has no return code for it: closed, no CONNACK
+    assert session.closed and session.out.close.key == "quota_exceeded"
