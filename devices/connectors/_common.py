@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 
 from devices.client import PublishResult, SubscribeResult
+from devices.transport import identity_context
 from gateway.mqtt import ConnectReturnCode, Publish, ReasonCode
 
 # paho's MQTT 5 reason code for each MQTT 3.1.1 CONNACK return code (paho.mqtt._packet.convert_connack_rc_to_reason_code)
@@ -124,3 +125,32 @@ async def _bounded(request, timeout: float | None, expired):
         return await asyncio.wait_for(request, timeout)
     except TimeoutError:
         return expired
+
+
+class LinkBase(BoundedRequests):
+    """What every library-backed link keeps: identity, endpoint, options, disconnect callback, clock, and the
+    SSLContext of its identity (built on first use, kept across connects)."""
+
+    def __init__(self, identity, endpoint, *, client_id: str, options, on_disconnect, clock) -> None:
+        self.identity = identity
+        self.endpoint = endpoint
+        self.options = options
+        self.on_disconnect = on_disconnect
+        self.clock = clock
+        self._client_id = client_id
+        self._connected = False
+        self._context: ssl.SSLContext | None = None
+
+    @property
+    def client_id(self) -> str:
+        return self._client_id
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def context(self) -> ssl.SSLContext:
+        """The identity's SSLContext: built once, reused by every connect of this link."""
+        if self._context is None:
+            self._context = identity_context(self.identity, self.endpoint.alpn)
+        return self._context

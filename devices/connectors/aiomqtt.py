@@ -41,10 +41,9 @@ import paho.mqtt.client as mqtt
 
 from devices.client import (ClientOptions, ConnectOutcome, ConnectTimings, DisconnectNotice, Endpoint,
                             PublishResult, Reason, SubscribeResult)
-from devices.connectors._common import BoundedRequests, Inbox, code_name, connack_code, is_tls_failure, tls_detail
+from devices.connectors._common import LinkBase, Inbox, code_name, connack_code, is_tls_failure, tls_detail
 from devices.connectors.paho import check_options, connect_properties
 from devices.identity import DeviceIdentity
-from devices.transport import identity_context
 from gateway.mqtt import Publish
 
 _publish_slot: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("_publish_slot", default=None)
@@ -79,22 +78,16 @@ def _exc_chain(exc: BaseException | None):
         exc = exc.__cause__ or exc.__context__
 
 
-class AiomqttLink(BoundedRequests):
+class AiomqttLink(LinkBase):
     """One device on aiomqtt (see the module docstring). One connection per :meth:`connect`."""
 
     def __init__(self, identity: DeviceIdentity, endpoint: Endpoint, *, client_id: str, options: ClientOptions,
                  on_disconnect: Callable[[DisconnectNotice], None] | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         check_options(options, "aiomqtt")
-        self.identity = identity
-        self.endpoint = endpoint
-        self.options = options
-        self.on_disconnect = on_disconnect
-        self.clock = clock
-        self._client_id = client_id
-        self._context: ssl.SSLContext | None = None
+        super().__init__(identity, endpoint, client_id=client_id, options=options, on_disconnect=on_disconnect,
+                         clock=clock)
         self._client: aiomqtt.Client | None = None
-        self._connected = False
         self._closed: asyncio.Future | None = None
         self._closing: DisconnectNotice | None = None
         self._codes: dict[int, int] = {}
@@ -104,19 +97,6 @@ class AiomqttLink(BoundedRequests):
         self._logger = logging.Logger(f"iotgate.aiomqtt.{client_id}", logging.ERROR)  # not registered globally
         self._logger.addHandler(self._errors)
         self._logger.propagate = False
-
-    @property
-    def client_id(self) -> str:
-        return self._client_id
-
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
-    def context(self) -> ssl.SSLContext:
-        if self._context is None:
-            self._context = identity_context(self.identity, self.endpoint.alpn)
-        return self._context
 
     def _make_client(self) -> aiomqtt.Client:
         o = self.options

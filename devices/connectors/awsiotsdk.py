@@ -40,7 +40,7 @@ from awsiot import mqtt_connection_builder
 
 from devices.client import (DEFAULT_OPTIONS, ClientOptions, ConnectOutcome, ConnectTimings, DisconnectNotice,
                             Endpoint, PublishResult, Reason, SubscribeResult)
-from devices.connectors._common import BoundedRequests, Inbox, code_name
+from devices.connectors._common import LinkBase, Inbox, code_name
 from devices.identity import DeviceIdentity
 from gateway.mqtt import Publish
 
@@ -95,33 +95,20 @@ def failure_outcome(exc: BaseException) -> tuple[Reason, str, int | None, str]:
     return Reason.CLOSED, detail, None, "mqtt"
 
 
-class AwsIotSdkLink(BoundedRequests):
+class AwsIotSdkLink(LinkBase):
     """One device on the AWS IoT Device SDK v2 (see the module docstring). One connection per :meth:`connect`."""
 
     def __init__(self, identity: DeviceIdentity, endpoint: Endpoint, *, client_id: str, options: ClientOptions,
                  on_disconnect: Callable[[DisconnectNotice], None] | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         check_options(options)
-        self.identity = identity
-        self.endpoint = endpoint
-        self.options = options
-        self.on_disconnect = on_disconnect
-        self.clock = clock
-        self._client_id = client_id
+        super().__init__(identity, endpoint, client_id=client_id, options=options, on_disconnect=on_disconnect,
+                         clock=clock)
         self._connection: crt_mqtt.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._connected = False
         self._closed: asyncio.Future | None = None
         self._closing: DisconnectNotice | None = None
         self._inbox: Inbox | None = None
-
-    @property
-    def client_id(self) -> str:
-        return self._client_id
-
-    @property
-    def connected(self) -> bool:
-        return self._connected
 
     def _make_connection(self) -> crt_mqtt.Connection:
         o = self.options

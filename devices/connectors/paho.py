@@ -37,10 +37,9 @@ from paho.mqtt.properties import Properties as PahoProperties
 
 from devices.client import (ClientOptions, ConnectOutcome, ConnectTimings, DisconnectNotice, Endpoint,
                             PublishResult, Reason, SubscribeResult)
-from devices.connectors._common import (BoundedRequests, Inbox, code_name, connack_code, is_tls_failure, tls_detail,
+from devices.connectors._common import (LinkBase, Inbox, code_name, connack_code, is_tls_failure, tls_detail,
                                         tls_version_of)
 from devices.identity import DeviceIdentity
-from devices.transport import identity_context
 from gateway.mqtt import Publish
 
 
@@ -171,7 +170,7 @@ async def open_tls(loop: asyncio.AbstractEventLoop, endpoint: Endpoint, context:
     return tls
 
 
-class PahoLink(BoundedRequests):
+class PahoLink(LinkBase):
     """One device on paho-mqtt 2 (see the module docstring for what it supports). One connection per
     :meth:`connect`; no automatic reconnect."""
 
@@ -179,19 +178,13 @@ class PahoLink(BoundedRequests):
                  on_disconnect: Callable[[DisconnectNotice], None] | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         check_options(options, "paho")
-        self.identity = identity
-        self.endpoint = endpoint
-        self.options = options
-        self.on_disconnect = on_disconnect
-        self.clock = clock
-        self._client_id = client_id
-        self._context: ssl.SSLContext | None = None
+        super().__init__(identity, endpoint, client_id=client_id, options=options, on_disconnect=on_disconnect,
+                         clock=clock)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd = -1
         self._misc: asyncio.TimerHandle | None = None
         self._connack: asyncio.Future | None = None
         self._closed: asyncio.Future | None = None
-        self._connected = False
         self._closing: DisconnectNotice | None = None
         self._publishes: dict[int, tuple[asyncio.Future, float]] = {}
         self._subscribes: dict[int, tuple[asyncio.Future, float]] = {}
@@ -222,20 +215,6 @@ class PahoLink(BoundedRequests):
         return client
 
     # -------------------------------------------------------------------------------------- state
-
-    @property
-    def client_id(self) -> str:
-        return self._client_id
-
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
-    def context(self) -> ssl.SSLContext:
-        """The identity's SSLContext: built once, reused by every connect of this link."""
-        if self._context is None:
-            self._context = identity_context(self.identity, self.endpoint.alpn)
-        return self._context
 
     # -------------------------------------------------------------------------------------- connect
 
