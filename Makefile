@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench venv mosquitto clean
+.PHONY: demo test bench venv system-deps clean
 
 venv: $(STAMP)
 
@@ -16,18 +16,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# Mosquitto is the upstream broker of the local stack; Debian's package where the binary is missing.
-mosquitto:
-	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
-		echo "installing mosquitto"; apt-get update -q && apt-get install -y -q mosquitto; fi
+# Debian packages the stack needs where they are missing: Mosquitto (the upstream broker; mosquitto_passwd)
+# and the openssl tool (the independent certificate checks of tests and demo).
+system-deps:
+	@missing=""; \
+	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get update -q && apt-get install -y -q $$missing; fi
 
-test: venv mosquitto
+test: venv system-deps
 	$(BIN)/python -m pytest
 
-demo: venv
+demo: venv system-deps
 	$(BIN)/python deploy/demo.py
 
-bench: venv mosquitto
+bench: venv system-deps
 	$(BIN)/python bench/provision_bench.py
 	$(BIN)/python bench/policy_bench.py
 	$(BIN)/python bench/gateway_bench.py

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 import stat
 import subprocess
 import sys
@@ -97,7 +96,6 @@ def test_fleet_provision_is_parallel_resumable_and_never_shares_keys(pki_cli):
     assert cli("fleet", "provision", "--count", "20", "--json").json()["issued"] == 0
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl tool is not installed")
 def test_provisioned_device_verifies_with_openssl(pki_cli):
     pki_cli("fleet", "provision", "--count", "1", "--workers", "1")
     d = pki_cli.home / "devices" / "device-00001"
