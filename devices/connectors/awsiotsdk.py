@@ -55,6 +55,12 @@ class AwsIotSdkConnector:
         return AwsIotSdkLink(identity, endpoint, client_id=client_id, options=options, on_disconnect=on_disconnect)
 
 
+
+def _crt(future):
+    """Await a CRT future from asyncio. Shielded: giving up on it (a timeout, a closed link) must not cancel the
+    CRT's own future, which the CRT completes later from its thread (a cancelled one makes it raise there)."""
+    return asyncio.shield(asyncio.wrap_future(future))
+
 def check_options(options: ClientOptions) -> None:
     """Refuse what the SDK's MQTT 3.1.1 connection cannot honour."""
     problems = []
@@ -148,7 +154,7 @@ class AwsIotSdkLink(LinkBase):
         connection = self._connection
         try:
             async with asyncio.timeout(self.options.connect_timeout):
-                result = await asyncio.wrap_future(connection.connect())
+                result = await _crt(connection.connect())
         except TimeoutError:
             await self._stop()
             return outcome(False, Reason.TIMEOUT, f"no CONNACK within {self.options.connect_timeout:g} s")
@@ -182,12 +188,13 @@ class AwsIotSdkLink(LinkBase):
             self._loop.create_task(self._stop(), name=f"stop {self._client_id}")
 
     async def _stop(self) -> None:
-        connection = self._connection
+        # taken once: the CRT fails a second disconnect() of one connection inside its own callback
+        connection, self._connection = self._connection, None
         if connection is None:
             return
         try:
             async with asyncio.timeout(5.0):
-                await asyncio.wrap_future(connection.disconnect())
+                await _crt(connection.disconnect())
         except (TimeoutError, crt_exceptions.AwsCrtError):
             pass
 
@@ -214,13 +221,14 @@ class AwsIotSdkLink(LinkBase):
                 self._closed.set_result(None)
             if self.on_disconnect is not None:
                 self.on_disconnect(notice)
-        if self._connection is not None:
-            self._connection.disconnect()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.disconnect()
 
     # -------------------------------------------------------------------------------------- publish / subscribe
 
     async def _until_closed(self, future):
-        task = asyncio.ensure_future(asyncio.wrap_future(future))
+        task = asyncio.ensure_future(_crt(future))
         await asyncio.wait({task, self._closed}, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[arg-type]
         if task.done():
             return True, task
