@@ -113,34 +113,9 @@ class _Table:
             part = res
         if self.errored:
             return self._slow(req, self.head + part)
-        hits: tuple[int, ...] = ()
-        for sid, any_, exact, prefixes, globs, negate, cond in self.denies:
-            if any_ or part in exact or (prefixes and part.startswith(prefixes)):
-                m = True
-            elif globs:
-                m = False
-                for g in globs:
-                    if g.match(part):
-                        m = True
-                        break
-            else:
-                m = False
-            if m is not negate and (cond is None or cond(req)):
-                hits += (sid,)
+        hits = _matching(self.denies, part, req)
         if not hits:
-            for sid, any_, exact, prefixes, globs, negate, cond in self.allows:
-                if any_ or part in exact or (prefixes and part.startswith(prefixes)):
-                    m = True
-                elif globs:
-                    m = False
-                    for g in globs:
-                        if g.match(part):
-                            m = True
-                            break
-                else:
-                    m = False
-                if m is not negate and (cond is None or cond(req)):
-                    hits += (sid,)
+            hits = _matching(self.allows, part, req)
             if not hits:
                 return DEFAULT_DENY
             decision = self.memo.get(hits)
@@ -429,3 +404,22 @@ class DecisionCache:
 
     def __len__(self) -> int:
         return len(self._young) + len(self._old)
+
+
+def _matching(statements, part: str, req) -> tuple[int, ...]:
+    """Ids of the compiled statements (one effect) whose resource matcher and condition cover the request."""
+    hits: tuple[int, ...] = ()
+    for sid, any_, exact, prefixes, globs, negate, cond in statements:
+        if any_ or part in exact or (prefixes and part.startswith(prefixes)):
+            m = True
+        elif globs:
+            m = False
+            for g in globs:
+                if g.match(part):
+                    m = True
+                    break
+        else:
+            m = False
+        if m is not negate and (cond is None or cond(req)):
+            hits += (sid,)
+    return hits

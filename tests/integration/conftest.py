@@ -21,7 +21,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from certs.authority import build_root_ca, cert_pem
+from certs.authority import build_root_ca
 from certs.keys import generate_private_key
 from certs.store import PKIStore
 from devices.identity import DeviceFiles, make_key_and_csr, write_device_dir
@@ -31,7 +31,7 @@ from gateway.mqtt import Framer, decode
 from gateway.registry import Registry
 from gateway.server import GatewayThread
 from gateway.upstream.mosquitto import BrokerConfig, MosquittoProcess, free_port
-from iotgate.provisioning import DEFAULT_POLICY, DEFAULT_POLICY_NAME, register_certificate
+from iotgate.provisioning import DEFAULT_POLICY, DEFAULT_POLICY_NAME, register_certificate, register_own_cas
 
 WAIT = 5.0
 
@@ -144,11 +144,9 @@ def fleet(tmp_path_factory) -> Fleet:
     home = tmp_path_factory.mktemp("iotgate-home")
     now = dt.datetime.now(dt.UTC)
     store = PKIStore(home)
-    pki = store.init(now=now)
+    store.init(now=now)
     registry = Registry.open(f"sqlite:///{home / 'registry.db'}")
-    for authority in (pki.root, pki.issuing):
-        registry.register_ca(authority.ca_id, cert_pem(authority.certificate).decode(),
-                             authority.certificate.subject.rfc4514_string(), status="ACTIVE", is_own=True)
+    register_own_cas(registry, store)
     registry.create_policy(DEFAULT_POLICY_NAME, DEFAULT_POLICY)
     registry.create_policy("room", ROOM_POLICY)
     registry.create_policy("extra", EXTRA_POLICY)
