@@ -13,7 +13,12 @@ from .errors import (
     RegistryError,
 )
 from .model import (
+    ACCESS_KEY_STATUSES,
+    AUTHORIZER_KINDS,
+    AUTHORIZER_STATUSES,
     CA,
+    AccessKey,
+    Authorizer,
     CA_STATUSES,
     CERTIFICATE_STATUSES,
     MAX_POLICIES_PER_CERTIFICATE,
@@ -28,6 +33,11 @@ from .model import (
 from .store import NOTIFY_CHANNEL, Registry, sqlite_url
 
 __all__ = [
+    "ACCESS_KEY_STATUSES",
+    "AUTHORIZER_KINDS",
+    "AUTHORIZER_STATUSES",
+    "AccessKey",
+    "Authorizer",
     "AlreadyExists",
     "CA",
     "CA_STATUSES",

@@ -11,9 +11,13 @@ from .errors import InvalidValue
 
 CERTIFICATE_STATUSES = ("ACTIVE", "INACTIVE", "REVOKED", "PENDING_ACTIVATION")
 CA_STATUSES = ("ACTIVE", "INACTIVE")
+AUTHORIZER_STATUSES = ("ACTIVE", "INACTIVE")
+AUTHORIZER_KINDS = ("jwt", "command")
+ACCESS_KEY_STATUSES = ("ACTIVE", "INACTIVE")
 
 MAX_POLICY_VERSIONS = 5
 MAX_POLICIES_PER_CERTIFICATE = 10
+MAX_POLICIES_PER_PRINCIPAL = 10  # authorizers and access keys, as certificates
 MIN_ID_PREFIX = 8
 
 _THING_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
@@ -21,6 +25,10 @@ _THING_TYPE = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 _POLICY_NAME = re.compile(r"[\w+=,.@-]{1,128}", re.ASCII)
 _ATTR_NAME = re.compile(r"[a-zA-Z0-9_.,@/:#-]{1,128}")
 _ATTR_VALUE = re.compile(r"[a-zA-Z0-9_.,@/:#=\[\]-]{0,800}")
+_AUTHORIZER_NAME = re.compile(r"[\w=,@-]{1,128}", re.ASCII)  # AWS IoT's CreateAuthorizer pattern
+_IDENTITY_NAME = re.compile(r"[a-zA-Z0-9:_.@-]{1,128}")
+_ACCESS_KEY_ID = re.compile(r"(AKIA|ASIA)[A-Z2-7]{16}")
+_TOKEN_KEY_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")  # AWS IoT's tokenKeyName pattern
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -80,6 +88,43 @@ class PolicyVersion:
 
 
 @dataclass(frozen=True, slots=True)
+class Authorizer:
+    """A custom authorizer (AWS IoT's CreateAuthorizer): how a token is checked and what it may do.
+
+    ``signing_keys`` maps key names to token-signing public keys (PEM); ``config`` is the kind's settings
+    (checked by ``gateway.auth.authorizers``); ``policies`` the registry policies a ``jwt`` authorizer grants.
+    """
+
+    name: str
+    kind: str
+    status: str
+    signing_disabled: bool
+    token_key_name: str | None
+    signing_keys: dict[str, str] = field(hash=False)
+    config: dict[str, Any] = field(hash=False)
+    is_default: bool
+    created_at: datetime
+    updated_at: datetime
+    policies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AccessKey:
+    """A SigV4 access key issued to a named identity. ``sealed_secret`` is the secret encrypted with the home's
+    key-encryption key (never the secret itself); a temporary key has a session token (stored hashed) and an
+    expiry."""
+
+    access_key_id: str
+    identity: str
+    status: str
+    sealed_secret: str = field(repr=False)
+    session_token_sha256: str | None = field(repr=False)
+    expires_at: datetime | None
+    created_at: datetime
+    policies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ProvisionItem:
     """One device of a batch: a new thing, its new certificate, and the policies to attach."""
 
@@ -108,6 +153,8 @@ class Snapshot:
     policies: dict[str, Policy] = field(hash=False)
     cert_policies: dict[str, tuple[str, ...]] = field(hash=False)
     cert_things: dict[str, tuple[str, ...]] = field(hash=False)
+    authorizers: dict[str, Authorizer] = field(default_factory=dict, hash=False)
+    access_keys: dict[str, AccessKey] = field(default_factory=dict, hash=False)
 
 
 # --------------------------------------------------------------------------- checks
@@ -174,6 +221,44 @@ def policy_name(value: Any) -> str:
         raise InvalidValue(
             f"policy name {_short(value)!r} is not valid: use 1 to 128 characters among "
             "letters, digits and _+=,.@-"
+        )
+    return value
+
+
+def authorizer_name(value: Any) -> str:
+    value = _text(value, "authorizer name")
+    if not _AUTHORIZER_NAME.fullmatch(value):
+        raise InvalidValue(
+            f"authorizer name {_short(value)!r} is not valid: use 1 to 128 characters among letters, digits and _=,@-"
+        )
+    return value
+
+
+def identity_name(value: Any) -> str:
+    value = _text(value, "identity name")
+    if not _IDENTITY_NAME.fullmatch(value):
+        raise InvalidValue(
+            f"identity name {_short(value)!r} is not valid: use 1 to 128 characters among letters, digits and :_.@-"
+        )
+    return value
+
+
+def access_key_id(value: Any) -> str:
+    value = _text(value, "access key id").strip()
+    if not _ACCESS_KEY_ID.fullmatch(value):
+        raise InvalidValue(
+            f"access key id {_short(value)!r} is not valid: it is AKIA or ASIA and 16 characters among A-Z and 2-7"
+        )
+    return value
+
+
+def token_key_name(value: Any) -> str | None:
+    if value is None:
+        return None
+    value = _text(value, "token key name")
+    if not _TOKEN_KEY_NAME.fullmatch(value):
+        raise InvalidValue(
+            f"token key name {_short(value)!r} is not valid: use 1 to 128 characters among letters, digits, _ and -"
         )
     return value
 

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: custom authorizers and SigV4 access keys (tables added in place to a version 1 registry)
 
 
 class UTCDateTime(sa.TypeDecorator):
@@ -161,6 +161,68 @@ thing_principals = sa.Table(
         primary_key=True,
     ),
     sa.Index("thing_principals_cert", "certificate_id"),
+)
+
+# --------------------------------------------------------------------------- token and SigV4 principals
+
+authorizers = sa.Table(
+    "authorizers",
+    metadata,
+    sa.Column("name", _name, primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("status", _status, nullable=False),
+    sa.Column("signing_disabled", sa.Boolean, nullable=False),
+    sa.Column("token_key_name", _name, nullable=True),
+    sa.Column("signing_keys", sa.Text, nullable=False),  # JSON {key name: public key PEM}
+    sa.Column("config", sa.Text, nullable=False),  # JSON, checked by gateway.auth.authorizers
+    sa.Column("is_default", sa.Boolean, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint("status IN ('ACTIVE', 'INACTIVE')", name="authorizers_status"),
+    sa.CheckConstraint("kind IN ('jwt', 'command')", name="authorizers_kind"),
+)
+
+authorizer_policies = sa.Table(
+    "authorizer_policies",
+    metadata,
+    sa.Column(
+        "authorizer_name",
+        _name,
+        sa.ForeignKey("authorizers.name", name="authorizer_policies_authorizer_fk", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column(
+        "policy_name", _name, sa.ForeignKey("policies.name", name="authorizer_policies_policy_fk"), primary_key=True
+    ),
+)
+
+access_keys = sa.Table(
+    "access_keys",
+    metadata,
+    sa.Column("access_key_id", sa.String(32), primary_key=True),
+    sa.Column("identity", _name, nullable=False),
+    sa.Column("status", _status, nullable=False),
+    # the secret access key sealed with the home's key-encryption key (AES-256-GCM): never stored in clear
+    sa.Column("sealed_secret", sa.Text, nullable=False),
+    sa.Column("session_token_sha256", _hex64, nullable=True),  # temporary keys: only compared, so only hashed
+    sa.Column("expires_at", UTCDateTime, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint("status IN ('ACTIVE', 'INACTIVE')", name="access_keys_status"),
+    sa.Index("access_keys_identity", "identity"),
+)
+
+access_key_policies = sa.Table(
+    "access_key_policies",
+    metadata,
+    sa.Column(
+        "access_key_id",
+        sa.String(32),
+        sa.ForeignKey("access_keys.access_key_id", name="access_key_policies_key_fk", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column(
+        "policy_name", _name, sa.ForeignKey("policies.name", name="access_key_policies_policy_fk"), primary_key=True
+    ),
 )
 
 TABLE_NAMES = tuple(metadata.tables)

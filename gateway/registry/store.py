@@ -37,6 +37,7 @@ from .errors import (
     RegistryError,
 )
 from .model import CA, Certificate, Policy, PolicyVersion, ProvisionItem, Snapshot, Thing
+from .principals import PrincipalTables
 
 log = logging.getLogger("gateway.registry")
 
@@ -139,8 +140,9 @@ _POLICY_SELECT = (
 )
 
 
-class Registry:
-    """Things, CAs, certificates, policies and attachments. Open with `Registry.open(url)`."""
+class Registry(PrincipalTables):
+    """Things, CAs, certificates, policies and attachments; custom authorizers and SigV4 access keys
+    (`PrincipalTables`). Open with `Registry.open(url)`."""
 
     def __init__(self, engine: Engine, *, backend: str, display_url: str, clock: Callable[[], datetime]):
         self._engine = engine
@@ -314,6 +316,14 @@ class Registry:
                                 f"the registry at {self._display} has schema version {version}, newer than this "
                                 f"iotgate understands ({t.SCHEMA_VERSION}): upgrade iotgate"
                             )
+                        if version < t.SCHEMA_VERSION:
+                            # Every later version only added tables: create the missing ones, in place.
+                            t.metadata.create_all(conn, checkfirst=True)
+                            conn.execute(
+                                sa.update(t.registry_state)
+                                .where(t.registry_state.c.id == 1)
+                                .values(schema_version=t.SCHEMA_VERSION)
+                            )
         except RegistryError:
             raise
         except DBAPIError as exc:
@@ -482,6 +492,7 @@ class Registry:
                 )
             ):
                 ct[cid].append(thing)
+            authorizers, access_keys = self._principal_snapshot(conn)
         return Snapshot(
             counter=counter,
             things=things,
@@ -490,6 +501,8 @@ class Registry:
             policies=policies,
             cert_policies={k: tuple(v) for k, v in cp.items()},
             cert_things={k: tuple(v) for k, v in ct.items()},
+            authorizers=authorizers,
+            access_keys=access_keys,
         )
 
     # ------------------------------------------------------------------ things
@@ -829,6 +842,9 @@ class Registry:
                     f"policy {name!r} is attached to {len(targets)} certificate(s) ({_ids(targets)}): "
                     "detach it from them first"
                 )
+            owners = self._principals_of_policy(tx.conn, name)
+            if owners:
+                raise Conflict(f"policy {name!r} is granted to {_ids(owners)}: delete those first")
             tx.conn.execute(sa.delete(t.policy_versions).where(t.policy_versions.c.policy_name == name))
             tx.conn.execute(sa.delete(t.policies).where(t.policies.c.name == name))
 
