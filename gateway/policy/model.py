@@ -74,6 +74,30 @@ def _name_map(raw: Mapping[str, Any] | None, aliases: Mapping[str, str]) -> Mapp
     return MappingProxyType(out)
 
 
+def _claim_value(value: Any) -> tuple[str, ...] | None:
+    if isinstance(value, bool):
+        return ("true" if value else "false",)
+    if isinstance(value, (str, int, float)):
+        return (str(value),)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool)
+                                                for v in value):
+        return tuple(str(v) for v in value)
+    return None  # objects and mixed lists are not policy values
+
+
+def _claim_map(raw: Mapping[str, Any] | None) -> Mapping[str, tuple[str, ...]]:
+    """Token claims as policy values, names lower-cased (variable names compare case-insensitively)."""
+    if not raw:
+        return _EMPTY
+    out: dict[str, tuple[str, ...]] = {}
+    for key, value in raw.items():
+        values = value if isinstance(value, tuple) and all(isinstance(v, str) for v in value) \
+            else _claim_value(value)
+        if values is not None:
+            out[str(key).lower()] = values
+    return MappingProxyType(out)
+
+
 @dataclass(frozen=True, eq=False)
 class ThingInfo:
     """A registry thing attached to the certificate."""
@@ -96,6 +120,8 @@ class Identity:
     certificate order; ``san``/``issuer_san`` map alternative-name kinds (``DNSName`` ...) to values.
     ``serial_number`` is the value of ``iot:Certificate.SerialNumber``: AWS IoT uses the decimal form.
     ``things`` maps thing name -> ThingInfo for every thing attached to this certificate.
+    ``claims`` are the verified claims of a token (a ``jwt`` custom authorizer), policy variables
+    ``${jwt:<claim>}``: strings, numbers and booleans, or lists of them (multi-valued: conditions only).
     """
 
     certificate_id: str = ""
@@ -107,8 +133,10 @@ class Identity:
     not_before: Any = None
     not_after: Any = None
     things: Mapping[str, ThingInfo] = field(default_factory=dict)
+    claims: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "claims", _claim_map(self.claims))
         object.__setattr__(self, "subject", _name_map(self.subject, _DN_ALIASES))
         object.__setattr__(self, "issuer", _name_map(self.issuer, _DN_ALIASES))
         object.__setattr__(self, "san", _name_map(self.san, _SAN_ALIASES))

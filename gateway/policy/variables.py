@@ -1,6 +1,8 @@
 """Values of policy variables and condition keys for one identity, client id and source address.
 
 Names compare case-insensitively (a thing attribute name inside ``[...]`` keeps its case).
+Token claims (``${jwt:<claim>}``, from a ``jwt`` custom authorizer) are identity values like the certificate's;
+they are always substituted, and match literally.
 A variable with no value is *unresolved*: the ``${...}`` text stays in the policy and matches only
 itself, literally. Certificate values holding ``* ? + # $`` or longer than 1024 characters are not
 substituted (AWS IoT rule); the client id, source address and thing values always are, and their
@@ -17,6 +19,7 @@ from gateway.policy.model import DN_FIELDS, SAN_FIELDS, Identity, ThingInfo
 CERT_PREFIX = "iot:certificate."
 THING_PREFIX = "iot:connection.thing."
 ATTR_PREFIX = "iot:connection.thing.attributes["
+CLAIM_PREFIX = "jwt:"
 
 MAX_CERT_VALUE = 1024
 MAX_CERT_ARRAY = 5
@@ -68,6 +71,8 @@ def certificate_keys(identity: Identity) -> dict[str, tuple[str, ...]]:
     keys["iot:certificate.availablekeys"] = tuple(available)
     if identity.certificate_id:
         keys["iot:certificateid"] = (identity.certificate_id,)
+    for name, values in identity.claims.items():
+        keys[CLAIM_PREFIX + name] = values
     return keys
 
 
@@ -82,6 +87,8 @@ def is_known_key(key: str) -> bool:
     if key.startswith(ATTR_PREFIX) and key.endswith("]") and len(key) > len(ATTR_PREFIX) + 1:
         return True
     if key in ("iot:certificate.serialnumber", "iot:certificate.availablekeys"):
+        return True
+    if key.startswith(CLAIM_PREFIX) and len(key) > len(CLAIM_PREFIX):
         return True
     m = re.fullmatch(r"iot:certificate\.(subject|issuer)\.(.+?)(\.list|\.\d+)?", key)
     if not m:
@@ -136,6 +143,8 @@ class Scope:
         values = self.key(name)
         if not values:
             return None
+        if len(values) > 1 and name.startswith(CLAIM_PREFIX):
+            return None  # a list claim has no one value to substitute: use it in a ForAnyValue condition
         value = values[0]
         if name.startswith(CERT_PREFIX) and (len(value) > MAX_CERT_VALUE or _UNSUBSTITUTABLE.search(value)):
             return None
