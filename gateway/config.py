@@ -3,6 +3,7 @@
     [gateway]
     host = "127.0.0.1"
     port = 8883
+    token_port = 8443                        # optional: custom authorizers (ALPN mqtt) and MQTT over WebSocket
     upstream = "mqtts://127.0.0.1:8884"      # or "unix:///path/mqtt.sock"
     registry = "sqlite:////abs/registry.db"  # default: registry.db in the home
     region = "us-east-1"
@@ -81,6 +82,9 @@ class GatewayConfig:
     registry: str | None = None
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    # The listener without client certificates, as AWS IoT's 443: ALPN "mqtt" -> MQTT with a custom authorizer,
+    # otherwise MQTT over WebSocket on /mqtt (SigV4 or a custom authorizer). None: not opened.
+    token_port: int | None = None
     upstream: str = DEFAULT_UPSTREAM
     upstream_username: str = GATEWAY_CLIENT_CN
     upstream_password_file: Path | None = None
@@ -131,7 +135,8 @@ class GatewayConfig:
 
 _SECTIONS = {
     "gateway": {
-        "registry": "str", "host": "str", "port": "port", "upstream": "str", "upstream_username": "str",
+        "registry": "str", "host": "str", "port": "port", "token_port": "port0", "upstream": "str",
+        "upstream_username": "str",
         "upstream_password_file": "path", "region": "str", "account": "str",
     },
     "limits": {f.name: ("float" if f.type == "float" else "int") for f in dataclasses.fields(Limits)},

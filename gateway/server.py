@@ -10,6 +10,12 @@ Everything protocol-related happens in gateway.session (sans-IO); this module mo
                                 sessions of changed certificates closed or re-evaluated
     stats writer / metrics endpoint
 
+With ``token_port`` a second listener serves devices without client certificates, as AWS IoT's port 443 does:
+ALPN ``mqtt`` is MQTT whose CONNECT names a custom authorizer; anything else is MQTT over WebSocket on /mqtt,
+authenticated at the upgrade (SigV4 query string, or custom-authorizer headers) or by the CONNECT's username.
+Authentication ends in the same Principal a certificate gives, before the Session is built; from there the
+connection is handled exactly as an mTLS one.
+
 A failure inside one connection (a bug, a malformed packet, an abrupt close) ends that connection only.
 """
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import secrets
 import socket
 import sys
@@ -34,17 +41,24 @@ from gateway.auth import (
     AuthRefusal,
     AuthView,
     HandshakeFailed,
+    Principal,
     StdlibTLSAcceptor,
     TLSAcceptor,
     X509Authenticator,
     empty_view,
 )
+from gateway.auth import sigv4
+from gateway.auth.access_keys import SigV4Authenticator
+from gateway.auth.authorizers import NAME_PARAM, Credentials, CustomAuthenticator
+from gateway.auth.tls import TOKEN_ALPN
 from gateway.config import GatewayConfig
+from gateway.mqtt import Framer, MQTTProtocolError, PacketType, decode
 from gateway.observe import AccessLog, Metrics
 from gateway.observe.http import start_metrics_server
 from gateway.registry import Registry, RegistryError
 from gateway.session import Close, Peer, RateLimiter, Session, State
 from gateway.upstream.link import UpstreamConnector, parse_upstream_url
+from gateway.websocket import UpgradeError, WebSocketServer, WebSocketTransport
 
 CLOSE_GRACE = 2.0  # seconds a closing device may take to read its last packets before it is aborted
 # The device transport pauses the gateway's reading of that device above this many buffered bytes (uvloop's TLS
@@ -86,19 +100,32 @@ class SessionDirectory:
 
 
 class _DeviceProtocol(asyncio.Protocol):
-    __slots__ = ("conn", "early", "transport")
+    __slots__ = ("conn", "early", "transport", "ws", "arrived")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.early: list[bytes] | None = []  # bytes that arrive before the session exists
         self.transport = None
+        self.ws: WebSocketServer | None = None  # MQTT over WebSocket: frames are unwrapped here
+        self.arrived: asyncio.Event | None = None  # set when early bytes arrive (token authentication waits on it)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        ws = self.ws
+        if ws is not None:
+            data, reply = ws.receive(data)
+            if reply and not self.transport.is_closing():
+                self.transport.write(reply)
+            if ws.closed and not self.transport.is_closing():
+                self.transport.close()
+            if not data:
+                return
         if self.early is not None:
             self.early.append(data)
+            if self.arrived is not None:
+                self.arrived.set()
         else:
             self.conn.device_data(data)
 
@@ -106,6 +133,8 @@ class _DeviceProtocol(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc) -> None:
+        if self.arrived is not None:
+            self.arrived.set()
         self.conn.device_closed(exc)
 
     def pause_writing(self) -> None:
@@ -142,7 +171,8 @@ class Connection:
 
     __slots__ = ("gw", "loop", "addr", "session", "device", "device_protocol", "upstream", "der", "certificate_id",
                  "client_id", "done", "want_upstream", "last_up_tx", "_timer", "_abort_timer", "_active",
-                 "_device_full", "_upstream_full", "_reading_paused")
+                 "_device_full", "_upstream_full", "_reading_paused", "principal_key", "creds", "_auth_timers",
+                 "_disconnect_at")
 
     def __init__(self, gateway: Gateway, addr: tuple) -> None:
         self.gw = gateway
@@ -164,6 +194,10 @@ class Connection:
         self._device_full = False
         self._upstream_full = False
         self._reading_paused = False
+        self.principal_key: str | None = None  # "authorizer:NAME" / "key:AKID": token principals only
+        self.creds: Credentials | None = None  # what a custom authorizer was given (for refreshes)
+        self._auth_timers: list[asyncio.TimerHandle] = []
+        self._disconnect_at: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -233,9 +267,32 @@ class Connection:
         if self.session is not None and not self.closed:
             self._step("shutdown", self.session.shutdown)
 
-    def update_auth(self, auth) -> None:
+    def update_auth(self, auth, cause: str = "registry change") -> None:
         if self.session is not None and not self.closed:
-            self._step("registry change", self.session.update_auth, auth)
+            self._step(cause, self.session.update_auth, auth, cause)
+            if isinstance(auth, Principal) and not self.closed:
+                self.arm_auth_timers(auth)
+
+    def arm_auth_timers(self, principal: Principal) -> None:
+        """A custom authorizer's disconnectAfterInSeconds / refreshAfterInSeconds (a temporary key's expiry)."""
+        for handle in self._auth_timers:
+            handle.cancel()
+        self._auth_timers = []
+        now = self.loop.time()
+        if principal.disconnect_after is not None:
+            at = now + principal.disconnect_after
+            self._disconnect_at = at if self._disconnect_at is None else min(self._disconnect_at, at)
+        if self._disconnect_at is not None:
+            self._auth_timers.append(self.loop.call_at(self._disconnect_at, self._disconnect_after))
+        if principal.refresh_after is not None and principal.kind == "authorizer":
+            self._auth_timers.append(self.loop.call_later(principal.refresh_after, self.gw.refresh_principal, self))
+
+    def _disconnect_after(self) -> None:
+        auth = self.session.principal if self.session is not None else None
+        log = auth.log if auth is not None else ()
+        what = "the token's time" if auth is not None and auth.kind == "authorizer" else "the access key's time"
+        self.update_auth(AuthRefusal(None, "disconnect_after", f"{what} is over (disconnectAfterInSeconds)",
+                                     log=log), cause="authorization expired")
 
     def backpressure(self, *, device_full: bool | None = None, upstream_full: bool | None = None) -> None:
         # A slow reader on one side pauses reading from the other: memory per connection stays bounded. A device
@@ -358,6 +415,9 @@ class Connection:
         if self.done.done():
             return
         self._cancel_timer()
+        for handle in self._auth_timers:
+            handle.cancel()
+        self._auth_timers = []
         if self._active:
             self.gw.metrics.gauges["sessions_active"] -= 1
         self.gw.session_ended(self.session)
@@ -421,16 +481,20 @@ class Gateway:
     """The gateway: build with a GatewayConfig, ``await start()``, ``await serve_forever()`` or ``stop()``."""
 
     def __init__(self, config: GatewayConfig, *, registry: Registry | None = None,
-                 acceptor: TLSAcceptor | None = None, clock: Callable[[], float] = time.time) -> None:
+                 acceptor: TLSAcceptor | None = None, token_acceptor: TLSAcceptor | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
         self.metrics = Metrics(clock)
         self.access = AccessLog(config.access_log_target, clock=clock)
         self.directory = SessionDirectory()
         self.authenticator = X509Authenticator(region=config.region, account=config.account)
+        self.custom = CustomAuthenticator(region=config.region, account=config.account, clock=clock)
+        self.sigv4 = SigV4Authenticator(config.home, region=config.region, account=config.account, clock=clock)
         self.view: AuthView = empty_view()
         self.connections: set[Connection] = set()
         self.by_cert: dict[str, set[Connection]] = {}
+        self.by_principal: dict[str, set[Connection]] = {}  # "authorizer:NAME" / "key:AKID" -> connections
         lim = config.limits
         self.client_limiter = RateLimiter(lim.connect_rate_per_client_id, lim.connect_burst_per_client_id,
                                           lim.max_rate_keys)
@@ -438,6 +502,9 @@ class Gateway:
         self._registry = registry
         self._owns_registry = registry is None
         self._acceptor = acceptor
+        self._token_acceptor = token_acceptor
+        self._token_listener: socket.socket | None = None
+        self.token_port: int | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="iotgate-registry")
         self._listener: socket.socket | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -478,27 +545,33 @@ class Gateway:
         if not view.ca_pems:
             print("iotgate gateway: the registry holds no CA: every device will be refused until one is "
                   "registered (`iotgate pki init` registers the home's CAs)", file=sys.stderr)
-        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((cfg.host, cfg.port))
-        except OSError as exc:
-            sock.close()
-            raise OSError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}; choose another --port") from None
-        sock.listen(1024)
-        sock.setblocking(False)
-        self._listener = sock
-        self.port = sock.getsockname()[1]
-        self.metrics.info.update(listen=f"{cfg.host}:{self.port}", upstream=str(target), state="running")
+        self._listener = _listen(cfg.host, cfg.port, "--port")
+        self.port = self._listener.getsockname()[1]
+        listen = f"{cfg.host}:{self.port}"
+        if cfg.token_port is not None:
+            if self._token_acceptor is None:
+                self._token_acceptor = StdlibTLSAcceptor(pki.server_cert, pki.server_key,
+                                                         handshake_timeout=cfg.limits.handshake_timeout,
+                                                         client_certificates=False, alpn=TOKEN_ALPN)
+            try:
+                self._token_listener = _listen(cfg.host, cfg.token_port, "--token-port")
+            except OSError:
+                self._listener.close()
+                raise
+            self.token_port = self._token_listener.getsockname()[1]
+            listen += f", {cfg.host}:{self.token_port} (tokens, WebSocket)"
+        self.metrics.info.update(listen=listen, upstream=str(target), state="running")
         if cfg.metrics_port:
             self._metrics_server = await start_metrics_server(self.metrics, cfg.metrics_host, cfg.metrics_port,
                                                                refresh=self.stats)
         self._services = [
-            self.loop.create_task(self._accept_loop(), name="iotgate-accept"),
+            self.loop.create_task(self._accept_loop(self._listener, False), name="iotgate-accept"),
             self.loop.create_task(self._watch_registry(), name="iotgate-registry-watch"),
             self.loop.create_task(self._housekeeping(), name="iotgate-housekeeping"),
         ]
+        if self._token_listener is not None:
+            self._services.append(self.loop.create_task(self._accept_loop(self._token_listener, True),
+                                                        name="iotgate-accept-token"))
 
     async def serve_forever(self) -> None:
         await self._stopped.wait()
@@ -508,8 +581,9 @@ class Gateway:
             await self._stopped.wait()
             return
         self._stopping = True
-        if self._listener is not None:
-            self._listener.close()
+        for listener in (self._listener, self._token_listener):
+            if listener is not None:
+                listener.close()
         for task in self._services:
             task.cancel()
         await asyncio.gather(*self._services, return_exceptions=True)
@@ -532,12 +606,12 @@ class Gateway:
 
     # ------------------------------------------------------------------ accepting
 
-    async def _accept_loop(self) -> None:
+    async def _accept_loop(self, listener: socket.socket, token: bool) -> None:
         """Accept until stopped: a bug while admitting one connection is logged and accepting resumes."""
         backoff = ACCEPT_BACKOFF
         while True:
             try:
-                await self._accept_connections()
+                await self._accept_connections(listener, token)
                 return
             except asyncio.CancelledError:
                 raise
@@ -548,23 +622,23 @@ class Gateway:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, ACCEPT_BACKOFF_MAX)
 
-    async def _accept_connections(self) -> None:
+    async def _accept_connections(self, listener: socket.socket, token: bool) -> None:
         loop = self.loop
         while True:
             try:
-                sock, addr = await loop.sock_accept(self._listener)
+                sock, addr = await loop.sock_accept(listener)
             except OSError:
                 if self._stopping:
                     return
                 await asyncio.sleep(0.05)  # e.g. EMFILE: back off instead of spinning
                 continue
             try:
-                self._admit(sock, addr)
+                self._admit(sock, addr, token)
             except BaseException:
                 sock.close()
                 raise
 
-    def _admit(self, sock: socket.socket, addr: tuple) -> None:
+    def _admit(self, sock: socket.socket, addr: tuple, token: bool = False) -> None:
         loop = self.loop
         lim = self.config.limits
         ip = addr[0]
@@ -579,7 +653,7 @@ class Gateway:
         conn = Connection(self, addr)
         self.connections.add(conn)
         self.metrics.gauges["connections_open"] = len(self.connections)
-        task = loop.create_task(self._serve(conn, sock), name=f"iotgate-conn-{ip}:{addr[1]}")
+        task = loop.create_task(self._serve(conn, sock, token), name=f"iotgate-conn-{ip}:{addr[1]}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -589,36 +663,49 @@ class Gateway:
         sock.close()
         self.record(_bare_event("tls", addr, "refused", kind, reason), None)
 
-    async def _serve(self, conn: Connection, sock: socket.socket) -> None:
+    async def _serve(self, conn: Connection, sock: socket.socket, token: bool = False) -> None:
         try:
+            acceptor = self._token_acceptor if token else self._acceptor
             try:
-                transport, _, tls = await self._acceptor.accept(sock, lambda: conn.device_protocol)
+                transport, _, tls = await acceptor.accept(sock, lambda: conn.device_protocol)
             except HandshakeFailed as exc:
                 self.record(_bare_event("tls", conn.addr, "refused", exc.key, exc.reason), None)
                 return
             conn.device = transport  # from here on every way out aborts it (the except clauses below)
             transport.set_write_buffer_limits(high=DEVICE_WRITE_HIGH_WATER)
-            auth = self.authenticator.authenticate(tls.der, self.view)
-            conn.der = tls.der
+            no_connect = False
+            if token:
+                outcome = await self._token_auth(conn, transport, tls)
+                if outcome is None:  # refused at the WebSocket upgrade (answered and logged) or gone
+                    return
+                auth, no_connect = outcome
+            else:
+                auth = self.authenticator.authenticate(tls.der, self.view)
+                conn.der = tls.der
             peer = Peer(conn.addr[0], conn.addr[1], tls.server_name, tls.version)
             lim = self.config.limits
             session = Session(peer, auth, lim, connect_limiter=self.client_limiter,
                               upstream_username=self.connector.username, upstream_password=self.connector.password,
                               assign_client_id=_assign_client_id, now=self.loop.time())
-            cert_id = auth.certificate_id
-            self.by_cert.setdefault(cert_id, set()).add(conn)
+            table, key = (self.by_principal, conn.principal_key) if token else (self.by_cert, auth.certificate_id)
+            if key is not None:
+                table.setdefault(key, set()).add(conn)
             try:
-                conn.start(session, transport)
+                conn.start(session, conn.device)
+                if no_connect and not conn.closed:
+                    conn._step("connect deadline", session.connect_timeout)
+                if isinstance(auth, Principal) and not conn.closed:
+                    conn.arm_auth_timers(auth)
                 if await conn.want_upstream:
                     await conn.open_upstream()
                 await conn.done
                 # let the last packets (CONNACK / DISCONNECT) reach the device before the abort timer fires
             finally:
-                peers = self.by_cert.get(cert_id)
+                peers = table.get(key)
                 if peers is not None:
                     peers.discard(conn)
                     if not peers:
-                        del self.by_cert[cert_id]
+                        del table[key]
                 if not conn.closed:
                     conn.shutdown()
                     if not conn.closed:
@@ -640,6 +727,152 @@ class Gateway:
         finally:
             self.connections.discard(conn)
             self.metrics.gauges["connections_open"] = len(self.connections)
+
+    # ------------------------------------------------------------------ tokens and SigV4 (the token listener)
+
+    async def _early_bytes(self, conn: Connection, deadline: float) -> bytes | None:
+        """The bytes that arrived before the session exists, waiting for some until ``deadline``; None when the
+        device closed or the deadline passed first. Consumes them."""
+        proto = conn.device_protocol
+        if proto.arrived is None:
+            proto.arrived = asyncio.Event()
+        while not proto.early:
+            if conn.device.is_closing() or self.loop.time() >= deadline:
+                return None
+            proto.arrived.clear()
+            try:
+                await asyncio.wait_for(proto.arrived.wait(), deadline - self.loop.time())
+            except TimeoutError:
+                return None
+        data = b"".join(proto.early)
+        proto.early.clear()
+        return data
+
+    async def _token_auth(self, conn: Connection, transport, tls) -> tuple[Principal | AuthRefusal, bool] | None:
+        """Authenticate a connection of the token listener: (principal or refusal, no CONNECT came), or None when
+        it was refused at the WebSocket upgrade."""
+        creds = Credentials(server_name=tls.server_name, source_ip=conn.addr[0])
+        if tls.alpn != "mqtt":
+            upgraded = await self._upgrade(conn, transport, creds)
+            if upgraded is None:
+                return None
+            auth, creds = upgraded
+            if auth is not None:
+                return auth, False
+        connect, pending, timed_out = await self._first_connect(conn)
+        conn.device_protocol.early[:0] = pending  # replayed into the session, which decides on them again
+        if connect is None:  # no CONNECT, or not a valid one: the session gives the refusal it always gives
+            return AuthRefusal(None, "no_credentials", "no CONNECT with credentials"), timed_out
+        creds = dataclasses.replace(creds, username=connect.username, password=connect.password,
+                                    client_id=connect.client_id or None)
+        return await self._authorize(conn, creds), False
+
+    async def _authorize(self, conn: Connection, creds: Credentials) -> Principal | AuthRefusal:
+        conn.creds = creds
+        authorizer = self.custom.resolve(creds, self.view)
+        if isinstance(authorizer, AuthRefusal):
+            return authorizer
+        conn.principal_key = f"authorizer:{authorizer.name}"
+        response = await self.custom.invoke(authorizer, creds, self.view)
+        return self.custom.principal(authorizer, response, self.view)
+
+    async def _first_connect(self, conn: Connection):
+        """(the first packet decoded as a CONNECT or None, the bytes read so far, whether the CONNECT deadline
+        passed) - the bytes are not consumed: the session reads them again."""
+        deadline = self.loop.time() + self.config.limits.connect_timeout
+        framer = Framer(self.config.limits.max_packet_size)
+        pending: list[bytes] = []
+        while True:
+            data = await self._early_bytes(conn, deadline)
+            if data is None:
+                return None, pending, not conn.device.is_closing()
+            pending.append(data)
+            try:
+                frame = next(iter(framer.feed(data)), None)
+                if frame is None:
+                    continue
+                if frame.packet_type is not PacketType.CONNECT:
+                    return None, pending, False
+                return decode(frame), pending, False
+            except MQTTProtocolError:
+                return None, pending, False
+
+    async def _upgrade(self, conn: Connection, transport, creds: Credentials):
+        """MQTT over WebSocket: read the upgrade request, authenticate it when it is signed (SigV4) or names a
+        custom authorizer, answer 101 or AWS's refusal. (principal or None, credentials) or None when refused."""
+        ws = WebSocketServer()
+        deadline = self.loop.time() + self.config.limits.handshake_timeout
+        try:
+            request = None
+            while request is None:
+                data = await self._early_bytes(conn, deadline)
+                if data is None:
+                    self.record(_bare_event("websocket", conn.addr, "refused", "websocket_timeout",
+                                            "no WebSocket upgrade request before the deadline"), None)
+                    transport.abort()
+                    return None
+                request = ws.receive_head(data)
+        except UpgradeError as exc:
+            self._refuse_upgrade(conn, transport, ws, exc.status, AuthRefusal(None, exc.key, exc.reason))
+            return None
+        _, query = sigv4.split_target(request.target)
+        creds = dataclasses.replace(creds, headers=request.headers, query=query)
+        auth: Principal | AuthRefusal | None = None
+        if sigv4.has_signature(query):
+            auth = self.sigv4.authenticate(request.method, request.target, request.headers, self.view)
+            if isinstance(auth, Principal):
+                conn.principal_key = f"key:{dict(auth.log)['access_key']}"
+        elif creds.lookup(NAME_PARAM) is not None:
+            auth = await self._authorize(conn, creds)
+        if isinstance(auth, AuthRefusal):
+            self._refuse_upgrade(conn, transport, ws, 403, auth)
+            return None
+        if transport.is_closing():
+            return None
+        try:
+            answer, payload = ws.accept()
+        except UpgradeError as exc:
+            self._refuse_upgrade(conn, transport, ws, exc.status, AuthRefusal(None, exc.key, exc.reason))
+            return None
+        transport.write(answer)
+        proto = conn.device_protocol
+        late = b"".join(proto.early)  # raw bytes that came while the request was being authenticated
+        proto.early.clear()
+        if late:
+            more, reply = ws.receive(late)
+            payload += more
+            if reply:
+                transport.write(reply)
+        proto.ws = ws
+        if payload:
+            proto.early.append(payload)
+        conn.device = WebSocketTransport(transport, ws)
+        return auth, creds
+
+    def _refuse_upgrade(self, conn: Connection, transport, ws: WebSocketServer, status: int,
+                        refusal: AuthRefusal) -> None:
+        if not transport.is_closing():
+            transport.write(ws.reject(status, refusal.reason))
+            transport.close()
+        event = _bare_event("connect", conn.addr, "refused", refusal.key, refusal.reason)
+        event.update(action="iot:Connect", transport="websocket", status=status, **dict(refusal.log))
+        self.record(event, None)
+
+    def refresh_principal(self, conn: Connection) -> None:
+        """refreshAfterInSeconds elapsed: ask the authorizer again (in a task the gateway owns)."""
+        if conn.closed or conn.creds is None:
+            return
+        task = self.loop.create_task(self._reauthorize(conn, "authorizer refresh"), name="iotgate-auth-refresh")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reauthorize(self, conn: Connection, cause: str) -> None:
+        try:
+            result = await self._authorize(conn, conn.creds)
+        except Exception as exc:  # noqa: BLE001 - fail closed for this connection
+            self.internal_error("re-running a custom authorizer", exc)
+            result = AuthRefusal(None, "internal_error", "its authorization could not be re-evaluated")
+        conn.update_auth(result, cause)
 
     # ------------------------------------------------------------------ registry
 
@@ -687,6 +920,22 @@ class Gateway:
                 result = AuthRefusal(cert_id, "internal_error", "its authorization could not be re-evaluated")
             for conn in list(conns):
                 conn.update_auth(result)
+        for key, conns in list(self.by_principal.items()):
+            kind, _, name = key.partition(":")
+            state = (lambda v: v.key_state(name)) if kind == "key" else (lambda v: v.authorizer_state(name))
+            if state(old) == state(view):
+                continue
+            if kind == "key":
+                result = self.sigv4.reevaluate(name, view)
+                for conn in list(conns):
+                    conn.update_auth(result)
+            else:
+                for conn in list(conns):
+                    if not conn.closed and conn.creds is not None:
+                        task = self.loop.create_task(self._reauthorize(conn, "registry change"),
+                                                     name="iotgate-auth-registry")
+                        self._tasks.add(task)
+                        task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------------ observability
 
@@ -737,6 +986,20 @@ class Gateway:
             write_file(path, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n", mode=0o640)
         except OSError as exc:
             print(f"iotgate gateway: cannot write the stats file {path}: {exc}", file=sys.stderr)
+
+
+def _listen(host: str, port: int, option: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another {option}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
 
 
 def _bare_event(event: str, addr: tuple, decision: str, kind: str, reason: str) -> dict:

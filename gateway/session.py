@@ -828,14 +828,15 @@ class Session:
     def shutdown(self) -> None:
         self._close(Close("server_shutting_down", "gateway shutting down", R.SERVER_SHUTTING_DOWN))
 
-    def update_auth(self, auth: Principal | AuthRefusal) -> None:
-        """The registry changed what this certificate may do: close or re-evaluate (applied at once)."""
+    def update_auth(self, auth: Principal | AuthRefusal, cause: str = "registry change") -> None:
+        """The registry (or a custom authorizer's refresh) changed what this principal may do: close or
+        re-evaluate, at once. ``cause`` ends the log reason of a refusal."""
         if self.state is State.CLOSED or auth is self._auth:
             return
         if isinstance(auth, AuthRefusal):
             self._auth = auth
             if self.state is not State.AWAIT_CONNECT:
-                self._close(Close(auth.key, f"{auth.reason} (registry change)", R.ADMINISTRATIVE_ACTION),
+                self._close(Close(auth.key, f"{auth.reason} ({cause})", R.ADMINISTRATIVE_ACTION),
                             action="iot:Connect", resource=f"client/{self.client_id}")
             return
         self._auth = auth
@@ -844,7 +845,8 @@ class Session:
             resource = f"client/{self.client_id}"
             decision = self._decide("iot:Connect", resource)
             if not decision.allowed:
-                self._close(Close("connect_denied", f"{decision_reason(decision)} (policy change)",
+                note = "policy change" if cause == "registry change" else cause
+                self._close(Close("connect_denied", f"{decision_reason(decision)} ({note})",
                                   R.NOT_AUTHORIZED), action="iot:Connect", resource=resource, decision=decision)
 
     # ------------------------------------------------------------------ decisions, refusals, events
@@ -926,6 +928,8 @@ class Session:
             "kind": key,
             "reason": reason,
         }
+        if self._auth.log:
+            record.update(self._auth.log)
         if extra:
             record.update({k: v for k, v in extra.items() if v is not None})
         self.out.events.append(record)

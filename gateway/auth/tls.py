@@ -33,6 +33,7 @@ class PeerTLS:
     server_name: str | None
     version: str | None
     cipher: str | None
+    alpn: str | None = None
 
 
 class HandshakeFailed(Exception):
@@ -63,15 +64,25 @@ def _sni(sslobj, server_name: str | None, _ctx) -> None:
         pass
 
 
-def server_context(cert: Path, key: Path, ca_pems: Sequence[str]) -> ssl.SSLContext:
+# The token listener (custom authorizers, SigV4 over WebSocket) negotiates these, as AWS IoT does on 443: ``mqtt``
+# for MQTT with a custom authorizer, ``http/1.1`` (or no ALPN) for MQTT over WebSocket.
+TOKEN_ALPN = ("mqtt", "http/1.1")
+
+
+def server_context(cert: Path, key: Path, ca_pems: Sequence[str], *, client_certificates: bool = True,
+                   alpn: Sequence[str] = ()) -> ssl.SSLContext:
+    """The device-facing context. ``client_certificates=False`` is the token listener's: it asks for no client
+    certificate because its devices authenticate by token or SigV4 (each checked before any MQTT flows)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert), str(key))
-    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_mode = ssl.CERT_REQUIRED if client_certificates else ssl.CERT_NONE
     ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION
     cadata = "".join(pem if pem.endswith("\n") else pem + "\n" for pem in ca_pems)
-    if cadata:
+    if cadata and client_certificates:
         ctx.load_verify_locations(cadata=cadata)
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
     ctx.sni_callback = _sni
     return ctx
 
@@ -103,19 +114,26 @@ def classify(exc: BaseException) -> HandshakeFailed:
 class StdlibTLSAcceptor:
     """uvloop/asyncio + stdlib ssl: ``connect_accepted_socket`` with the current server context."""
 
-    def __init__(self, cert: Path, key: Path, ca_pems: Sequence[str] = (), *, handshake_timeout: float = 10.0) -> None:
+    def __init__(self, cert: Path, key: Path, ca_pems: Sequence[str] = (), *, handshake_timeout: float = 10.0,
+                 client_certificates: bool = True, alpn: Sequence[str] = ()) -> None:
         self.cert = Path(cert)
         self.key = Path(key)
         self.handshake_timeout = handshake_timeout
-        self._cas: tuple[str, ...] = tuple(ca_pems)
-        self.context = server_context(self.cert, self.key, self._cas)
+        self.client_certificates = client_certificates
+        self.alpn = tuple(alpn)
+        self._cas: tuple[str, ...] = tuple(ca_pems) if client_certificates else ()
+        self.context = self._context(self._cas)
         self.rebuilds = 0
+
+    def _context(self, cas: tuple[str, ...]) -> ssl.SSLContext:
+        return server_context(self.cert, self.key, cas, client_certificates=self.client_certificates,
+                              alpn=self.alpn)
 
     def set_trust(self, ca_pems: Sequence[str]) -> bool:
         cas = tuple(ca_pems)
-        if cas == self._cas:
+        if not self.client_certificates or cas == self._cas:
             return False
-        self.context = server_context(self.cert, self.key, cas)
+        self.context = self._context(cas)
         self._cas = cas
         self.rebuilds += 1
         return True
@@ -134,9 +152,9 @@ class StdlibTLSAcceptor:
             raise classify(exc) from None
         sslobj = transport.get_extra_info("ssl_object")
         der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
-        if not der:  # CERT_REQUIRED makes this unreachable; never accept a connection without one
+        if not der and self.client_certificates:  # CERT_REQUIRED makes this unreachable; never accept one without
             transport.abort()
             raise HandshakeFailed("no_client_certificate", "no client certificate presented")
         cipher = sslobj.cipher()
-        return transport, protocol, PeerTLS(der, getattr(sslobj, "iotgate_sni", None), sslobj.version(),
-                                            cipher[0] if cipher else None)
+        return transport, protocol, PeerTLS(der or b"", getattr(sslobj, "iotgate_sni", None), sslobj.version(),
+                                            cipher[0] if cipher else None, sslobj.selected_alpn_protocol())

@@ -27,7 +27,8 @@ class AuthView:
     """Read-only registry view: CA set and statuses, certificates, parsed policies, things."""
 
     __slots__ = ("counter", "cas", "ca_pems", "ca_set", "certificates", "cert_policies", "cert_things", "things",
-                 "policies", "policy_errors", "_parsed", "_states")
+                 "policies", "policy_errors", "authorizers", "access_keys", "default_authorizer", "_parsed",
+                 "_states")
 
     def __init__(self, snapshot: Snapshot, previous: AuthView | None = None) -> None:
         self.counter = snapshot.counter
@@ -57,6 +58,9 @@ class AuthView:
             else:
                 self.policies[name] = parsed
         self._states: dict[str, CertState] = {}
+        self.authorizers = snapshot.authorizers
+        self.access_keys = snapshot.access_keys
+        self.default_authorizer = next((a.name for a in self.authorizers.values() if a.is_default), None)
 
     def ca_status(self, ca_id: str | None) -> str | None:
         return self.cas.get(ca_id) if ca_id else None
@@ -94,6 +98,45 @@ class AuthView:
         return state
 
 
+    def _policy_fingerprint(self, names) -> tuple[tuple[str, str, str], ...]:
+        out = []
+        for name in names:
+            doc = self.policies.get(name)
+            out.append((name, "?", self.policy_errors.get(name, "missing")) if doc is None
+                       else (name, doc.version, doc.text))
+        return tuple(out)
+
+    def authorizer_state(self, name: str) -> tuple | None:
+        """Fingerprint of everything a custom authorizer's decisions depend on here (None: no such authorizer)."""
+        a = self.authorizers.get(name)
+        if a is None:
+            return None
+        return ("authorizer", a.status, a.kind, a.signing_disabled, a.token_key_name,
+                tuple(sorted(a.signing_keys.items())), repr(sorted(a.config.items())),
+                self._policy_fingerprint(a.policies))
+
+    def key_state(self, access_key_id: str) -> tuple | None:
+        """Fingerprint of an access key and its policies (None: no such key)."""
+        k = self.access_keys.get(access_key_id)
+        if k is None:
+            return None
+        return ("sigv4", k.status, k.identity, k.expires_at, k.sealed_secret, k.session_token_sha256,
+                self._policy_fingerprint(k.policies))
+
+
+def documents(view: AuthView, names) -> tuple[list[PolicyDocument], list[str]]:
+    """The parsed registry policies named, and the problems of those that cannot be used."""
+    docs: list[PolicyDocument] = []
+    problems: list[str] = []
+    for name in names:
+        doc = view.policies.get(name)
+        if doc is None:
+            problems.append(f"policy {name!r} cannot be used: {view.policy_errors.get(name, 'not found')}")
+        else:
+            docs.append(doc)
+    return docs, problems
+
+
 def empty_view() -> AuthView:
     return AuthView(Snapshot(counter=-1, things={}, cas={}, certificates={}, policies={}, cert_policies={},
                              cert_things={}))
@@ -101,12 +144,4 @@ def empty_view() -> AuthView:
 
 def attached_documents(view: AuthView, certificate_id: str) -> tuple[list[PolicyDocument], list[str]]:
     """The parsed policies attached to a certificate and the problems of those that cannot be used."""
-    docs: list[PolicyDocument] = []
-    problems: list[str] = []
-    for name in view.cert_policies.get(certificate_id, ()):
-        doc = view.policies.get(name)
-        if doc is None:
-            problems.append(f"policy {name!r} cannot be used: {view.policy_errors.get(name, 'not found')}")
-        else:
-            docs.append(doc)
-    return docs, problems
+    return documents(view, view.cert_policies.get(certificate_id, ()))

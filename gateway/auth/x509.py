@@ -18,13 +18,21 @@ from gateway.policy import CompiledPolicies, Identity, compile_policies
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class Principal:
-    """An authenticated certificate with its compiled policies."""
+    """An authenticated identity with its compiled policies: a certificate (``kind`` "x509"), or a token checked by
+    a custom authorizer ("authorizer") or a SigV4 access key ("sigv4"), which have no certificate id. ``state`` is
+    the fingerprint of the registry rows it was built from; ``log`` the extra access-log fields naming it
+    (authorizer, principal, access key); ``disconnect_after`` / ``refresh_after`` (seconds from connect) are a
+    custom authorizer's disconnectAfterInSeconds / refreshAfterInSeconds."""
 
-    certificate_id: str
+    certificate_id: str | None
     ca_id: str | None
     things: tuple[str, ...]
     compiled: CompiledPolicies
-    state: CertState
+    state: CertState | tuple
+    kind: str = "x509"
+    log: tuple[tuple[str, str], ...] = ()
+    disconnect_after: float | None = None
+    refresh_after: float | None = None
 
     def thing_for(self, client_id: str | None) -> str | None:
         """The thing a connection speaks for: the client id when it names an attached thing, else the only one."""
@@ -35,12 +43,13 @@ class Principal:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AuthRefusal:
-    """Why a certificate may not connect; ``key`` is the metric label, ``reason`` the log text."""
+    """Why a principal may not connect; ``key`` is the metric label, ``reason`` the log text."""
 
     certificate_id: str | None
     key: str
     reason: str
     code: ReasonCode = ReasonCode.NOT_AUTHORIZED
+    log: tuple[tuple[str, str], ...] = ()  # as Principal.log: which authorizer or access key refused
 
 
 _STATUS_KEYS = {
