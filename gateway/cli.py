@@ -53,27 +53,33 @@ def gateway() -> None:
               help="TOML configuration ([gateway], [limits], [observe]); options below override it.")
 @click.option("--host", default=None, help="Listen address.  [default: 127.0.0.1]")
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="Listen port.  [default: 8883]")
+@click.option("--token-port", type=click.IntRange(0, 65535), default=None,
+              help="Also listen here without client certificates, as AWS IoT's 443: custom authorizers (ALPN mqtt) "
+                   "and MQTT over WebSocket on /mqtt (SigV4 or an authorizer).  [default: off]")
 @click.option("--upstream", metavar="URL", default=None,
               help="Broker: mqtts://HOST:PORT (mutual TLS) or unix:///PATH.sock.  [default: mqtts://127.0.0.1:8884]")
 @click.option("--access-log", metavar="PATH|-", default=None,
               help="JSON access log file ('-' for standard output).  [default: gateway-access.log in the home]")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve /metrics (Prometheus) and /stats on 127.0.0.1:PORT (0: off).")
-def run(config_path: Path | None, host: str | None, port: int | None, upstream: str | None,
-        access_log: str | None, metrics_port: int | None) -> None:
+def run(config_path: Path | None, host: str | None, port: int | None, token_port: int | None,
+        upstream: str | None, access_log: str | None, metrics_port: int | None) -> None:
     """Run the gateway until Ctrl-C (SIGINT) or SIGTERM, then drain live sessions."""
     from gateway.config import load_config
     from gateway.server import run as run_gateway
 
     home = _home()
     require_home(home)
-    cfg = load_config(home, config_path, host=host, port=port, upstream=upstream, access_log=access_log,
+    cfg = load_config(home, config_path, host=host, port=port, token_port=token_port, upstream=upstream,
+                      access_log=access_log,
                       metrics_port=metrics_port, registry=_registry_url())
 
     def ready(gw) -> None:
         log = cfg.access_log_target or "off"
         err_console.print(f"iotgate gateway listening on [bold]{cfg.host}:{gw.port}[/] (TLS 1.2+, client "
-                          f"certificate required); upstream {gw.connector.target}; access log {log}; "
+                          f"certificate required)"
+                          + (f", tokens and WebSocket on [bold]{cfg.host}:{gw.token_port}[/]" if gw.token_port else "")
+                          + f"; upstream {gw.connector.target}; access log {log}; "
                           f"stats {cfg.stats_path}" + (f"; metrics http://{cfg.metrics_host}:{cfg.metrics_port}"
                                                        "/metrics" if cfg.metrics_port else ""))
 

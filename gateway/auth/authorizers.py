@@ -398,6 +398,7 @@ _JWT_ERRORS: tuple[tuple[type[Exception], str], ...] = (
     (jwt.InvalidAudienceError, "token_audience"),
     (jwt.InvalidIssuerError, "token_issuer"),
     (jwt.MissingRequiredClaimError, "token_claims"),
+    (jwt.exceptions.InvalidSubjectError, "token_claims"),
     (jwt.InvalidAlgorithmError, "token_algorithm"),
     (jwt.InvalidSignatureError, "token_signature"),
     (jwt.InvalidKeyError, "token_key"),
@@ -428,6 +429,8 @@ def verify_jwt(token: str, settings: JwtSettings, keys: jwt.PyJWKSet, now: float
     except jwt.PyJWTError as exc:
         kind = next((k for cls, k in _JWT_ERRORS if isinstance(exc, cls)), "token_invalid")
         return _denied(kind, f"token refused: {exc}")
+    except (TypeError, ValueError) as exc:  # the JWKS key does not fit the token's algorithm
+        return _denied("token_key", f"token refused: key {kid!r} cannot verify {alg}: {exc}")
     times = {}
     for claim in ("exp", "nbf", "iat"):
         value = claims.get(claim)
