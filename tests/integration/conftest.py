@@ -203,9 +203,11 @@ class RunningGateway:
         wait_until(lambda: self.gateway.view.counter >= target, timeout)
 
 
-def start_gateway(fleet: Fleet, upstream: str, *, stats_dir: Path | None = None, **limits) -> RunningGateway:
+def start_gateway(fleet: Fleet, upstream: str, *, stats_dir: Path | None = None, token_port: int | None = None,
+                  **limits) -> RunningGateway:
     events = EventLog()
-    cfg = GatewayConfig(home=fleet.home, registry=fleet.url, host="127.0.0.1", port=0, upstream=upstream,
+    cfg = GatewayConfig(home=fleet.home, registry=fleet.url, host="127.0.0.1", port=0, token_port=token_port,
+                        upstream=upstream,
                         access_log=None, stats_file=(stats_dir / "stats.json") if stats_dir else None,
                         limits=Limits(**{**TEST_LIMITS, **limits}))
     thread = GatewayThread(cfg)
