@@ -75,26 +75,22 @@ class PrincipalTables:
             raise NotFound(f"policy {missing[0]!r} does not exist: create it first (iotgate policy create)")
 
     @staticmethod
-    def _authorizer_policies(conn: Connection, name: str | None = None) -> dict[str, tuple[str, ...]]:
-        ap = t.authorizer_policies.c
-        q = sa.select(ap.authorizer_name, ap.policy_name).order_by(ap.authorizer_name, ap.policy_name)
-        if name is not None:
-            q = q.where(ap.authorizer_name == name)
+    def _granted(conn: Connection, table: sa.Table, owner: str | None = None) -> dict[str, tuple[str, ...]]:
+        """owner -> policy names, from authorizer_policies or access_key_policies (one owner, or all)."""
+        owner_col, policy_col = table.c[0], table.c.policy_name
+        q = sa.select(owner_col, policy_col).order_by(owner_col, policy_col)
+        if owner is not None:
+            q = q.where(owner_col == owner)
         out: dict[str, list[str]] = defaultdict(list)
-        for owner, policy in conn.execute(q):
-            out[owner].append(policy)
+        for who, policy in conn.execute(q):
+            out[who].append(policy)
         return {k: tuple(v) for k, v in out.items()}
 
-    @staticmethod
-    def _key_policies(conn: Connection, akid: str | None = None) -> dict[str, tuple[str, ...]]:
-        kp = t.access_key_policies.c
-        q = sa.select(kp.access_key_id, kp.policy_name).order_by(kp.access_key_id, kp.policy_name)
-        if akid is not None:
-            q = q.where(kp.access_key_id == akid)
-        out: dict[str, list[str]] = defaultdict(list)
-        for owner, policy in conn.execute(q):
-            out[owner].append(policy)
-        return {k: tuple(v) for k, v in out.items()}
+    def _authorizer_policies(self, conn: Connection, name: str | None = None) -> dict[str, tuple[str, ...]]:
+        return self._granted(conn, t.authorizer_policies, name)
+
+    def _key_policies(self, conn: Connection, akid: str | None = None) -> dict[str, tuple[str, ...]]:
+        return self._granted(conn, t.access_key_policies, akid)
 
     def _authorizer(self, conn: Connection, name: str) -> Authorizer:
         r = conn.execute(sa.select(t.authorizers).where(t.authorizers.c.name == name)).first()
