@@ -142,13 +142,14 @@ class CaseContext:
         self.timeline.device(f"connected from {arrival.source} (TCP, attempt {self.attempts})", when=arrival.at)
         return arrival
 
-    async def handshake(self, arrival: Arrival, profile_name: str) -> tuple[TLSStream, Handshake]:
+    async def handshake(self, arrival: Arrival, profile_name: str, *, timeout: float | None = None
+                        ) -> tuple[TLSStream, Handshake]:
         profile = self.profiles.get(profile_name, large_bytes=self.spec.settings.get("cert_bytes", 8192))
         ctx = self.contexts.context(profile)
         stream = TLSStream(arrival.sock, ctx, self.timeline)
         self.streams.append(stream)
         self.timeline.endpoint(f"server certificate {profile.describe()}")
-        hs = await stream.handshake(self["handshake_timeout"])
+        hs = await stream.handshake(self["handshake_timeout"] if timeout is None else timeout)
         return stream, hs
 
     async def session(self, arrival: Arrival | None = None, *, profile: str = "good", connack: bool = True
@@ -192,7 +193,7 @@ async def tls_connect(ctx: CaseContext) -> Judgement:
 
 
 async def _refusal(ctx: CaseContext, profile: str, problem: str) -> Judgement:
-    stream, hs = await ctx.handshake(await ctx.arrival(), profile)
+    stream, hs = await ctx.handshake(await ctx.arrival(), profile, timeout=ctx["refusal_timeout"])
     judgement = judge_refusal(hs, problem=problem)
     if hs.completed:
         peer = MqttPeer(stream, ctx.timeline)
@@ -234,7 +235,7 @@ async def tls_cipher_suites(ctx: CaseContext) -> Judgement:
 
 
 async def tls_legacy_versions(ctx: CaseContext) -> Judgement:
-    stream, hs = await ctx.handshake(await ctx.arrival(), "legacy")
+    stream, hs = await ctx.handshake(await ctx.arrival(), "legacy", timeout=ctx["refusal_timeout"])
     return judge_legacy_versions(hs)
 
 

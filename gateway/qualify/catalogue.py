@@ -28,10 +28,13 @@ COMMON: dict[str, Param] = {
     "packet_timeout": Param("seconds", 10.0, 0.05, 3600, "wait this long for a packet the case needs"),
 }
 
+_REFUSAL = {"refusal_timeout": Param(
+    "seconds", 60.0, 0.05, 600, "wait this long for the device to accept or refuse the server certificate (s2n, "
+    "inside the AWS IoT Device SDK, closes only after a 10-30 s blinding delay)")}
 _TOPIC = "cmd/{thing}/qualify"  # within the built-in device policy (subscribe and receive cmd/<thing>/*)
 _BACKOFF = {
     "retry_timeout": Param("seconds", 150.0, 0.1, 3600, "wait this long for the next attempt"),
-    "min_growth": Param("float", 1.1, 1.0, 10.0, "smallest growth of the delay per attempt"),
+    "min_growth": Param("float", 1.5, 1.0, 100.0, "in some round the longest delay must be this times the first"),
 }
 
 
@@ -56,11 +59,11 @@ CASES: dict[str, CaseInfo] = {c.id: c for c in (
     _case("TLS_Connect", "TLS Connect", "TLS",
           "the device completes a TLS handshake with a valid server certificate"),
     _case("TLS_Incorrect_Subject_Name_Server_Cert", "TLS Incorrect Subject Name Server Cert", "TLS",
-          "the device refuses a valid certificate issued for another host name"),
+          "the device refuses a valid certificate issued for another host name", **_REFUSAL),
     _case("TLS_Unsecure_Server_Cert", "TLS Unsecure Server Cert (not signed by a recognized CA)", "TLS",
-          "the device refuses a certificate from a CA it does not trust"),
+          "the device refuses a certificate from a CA it does not trust", **_REFUSAL),
     _case("TLS_Expired_Server_Cert", "TLS Expired Server Cert", "TLS",
-          "the device refuses an expired certificate, with a TLS alert"),
+          "the device refuses an expired certificate, with a TLS alert", **_REFUSAL),
     _case("TLS_Large_Size_Server_Cert", "TLS Large Size Server Cert", "TLS",
           "the device completes a handshake with a large server certificate",
           cert_bytes=Param("int", 8192, 1024, 65536, "bytes of DER of the large certificate")),
@@ -71,7 +74,7 @@ CASES: dict[str, CaseInfo] = {c.id: c for c in (
     _case("TLS_Support_AWS_IoT_Cipher_Suites", "TLS Device Support for AWS IoT recommended Cipher Suites", "TLS",
           "the ClientHello offers suites AWS IoT Core supports and recommends"),
     _case("TLS_Refuse_Legacy_Versions", "TLS 1.2 minimum (refuses a TLS 1.0/1.1 endpoint)", "TLS",
-          "against an endpoint offering only TLS 1.0 and 1.1, the device does not connect", da=False),
+          "against an endpoint offering only TLS 1.0 and 1.1, the device does not connect", da=False, **_REFUSAL),
     _case("MQTT_Connect", "MQTT Connect", "MQTT", "the device sends a valid CONNECT"),
     _case("MQTT_Subscribe", "MQTT Subscribe", "MQTT", "the device subscribes (to the configured filter and QoS)",
           topic=Param("filter", "", help="the filter the device must subscribe to (empty: any)"),
@@ -85,16 +88,16 @@ CASES: dict[str, CaseInfo] = {c.id: c for c in (
           payload=Param("str", "iotgate qualify", help="the message")),
     _case("MQTT_Connect_Jitter_Backoff_Retries", "MQTT Connect Jitter Backoff Retries (no CONNACK)", "MQTT",
           "with CONNACK withheld, the device retries with exponentially growing, jittered delays",
-          attempts=Param("int", 5, 2, 10, "withheld CONNACKs per round"),
+          attempts=Param("int", 5, 4, 10, "withheld CONNACKs per round (fewer than 5 judges on less evidence)"),
           rounds=Param("int", 2, 1, 5, "rounds (each ends with one accepted connection)"),
           withhold=Param("seconds", 5.0, 0.05, 600, "how long the endpoint holds a connection without CONNACK"),
           **_BACKOFF),
     _case("MQTT_Connect_Exponential_Backoff_Retries", "MQTT Connect Exponential Backoff Retries (refused CONNACK)",
           "MQTT", "with CONNACK refused (server unavailable), the device retries with exponentially growing delays",
-          attempts=Param("int", 5, 2, 10, "refused CONNACKs"), **_BACKOFF),
+          attempts=Param("int", 5, 4, 10, "refused CONNACKs"), **_BACKOFF),
     _case("MQTT_Reconnect_Backoff_Retries_On_Server_Disconnect", "MQTT Reconnect Backoff Retries On Server Disconnect",
           "MQTT", "disconnected by the server right after CONNACK, the device reconnects with backoff and jitter",
-          reconnections=Param("int", 5, 2, 10, "server disconnects to observe"),
+          reconnections=Param("int", 5, 4, 10, "server disconnects to observe"),
           min_delay=Param("seconds", 0.0, 0.0, 600, "every reconnect must wait at least this"),
           **_BACKOFF),
     _case("MQTT_Keep_Alive", "MQTT keep alive honoured", "MQTT",

@@ -169,71 +169,82 @@ def backoff_delays(attempts: Sequence[tuple[float, float | None]]) -> list[float
     return delays
 
 
-def _fit(rounds: Sequence[Sequence[float]]) -> tuple[float, float]:
-    """Pooled least squares of log(delay) over attempt index within each round: (growth per attempt, rms of the
-    residuals in log units)."""
-    sxy = sxx = 0.0
-    centred = []
-    for delays in rounds:
-        ys = [math.log(max(d, 1e-3)) for d in delays]
-        xs = list(range(len(ys)))
-        if len(ys) < 2:
-            continue
-        mx = sum(xs) / len(xs)
-        my = sum(ys) / len(ys)
-        centred.append([(x - mx, y - my) for x, y in zip(xs, ys)])
-        sxy += sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-        sxx += sum((x - mx) ** 2 for x in xs)
-    if not sxx:
-        return 1.0, 0.0
-    slope = sxy / sxx
-    residuals = [y - slope * x for pts in centred for x, y in pts]
-    rms = math.sqrt(sum(r * r for r in residuals) / len(residuals)) if residuals else 0.0
-    return math.exp(slope), rms
+def _flat(delays: Sequence[float]) -> bool:
+    """A fixed interval: every delay within a factor 1.5 of the shortest (20 ms of scheduling noise allowed)."""
+    return max(delays) <= 1.5 * min(delays) + 0.02
 
 
-def judge_backoff(rounds: Sequence[Sequence[float]], *, require_jitter: bool, min_growth: float = 1.1,
-                  jitter_rms: float = 0.1, min_delay: float = 0.0) -> Judgement:
+def _growth_factor(rounds: Sequence[Sequence[float]], tolerance: float = 0.1) -> float:
+    """The median ratio between consecutive delays that grew (over every round): the backoff factor if there is one."""
+    grew = sorted(max(b, 1e-3) / max(a, 1e-3) for r in rounds for a, b in zip(r, r[1:])
+                  if max(b, 1e-3) / max(a, 1e-3) > 1 + tolerance)
+    return grew[len(grew) // 2] if grew else 1.0
+
+
+def _deterministic(delays: Sequence[float], factor: float, tolerance: float = 0.1, noise: float = 0.03) -> bool:
+    """No randomness: each delay is the previous one times ``factor`` (capped at the longest delay seen), or the same
+    again, within ``tolerance`` and ``noise`` seconds of measurement noise (thread and timer scheduling)."""
+    if len(delays) < 3:
+        return False
+    cap = max(delays)
+    for a, b in zip(delays, delays[1:]):
+        expected = min(factor * a, cap)
+        grown = abs(b - expected) <= tolerance * expected + noise
+        repeated = abs(b - a) <= tolerance * a + noise
+        if not (grown or repeated):
+            return False
+    return True
+
+
+def judge_backoff(rounds: Sequence[Sequence[float]], *, require_jitter: bool, min_growth: float = 1.5,
+                  min_delay: float = 0.0) -> Judgement:
     """Reconnect delays of one or more rounds of failed attempts (seconds, in order).
 
-    Growth: the pooled log-linear fit of delay over attempt number must grow at least ``min_growth`` per attempt
-    (a fixed interval fails). Jitter: the spread of the delays around that fit (rms in log units) above
-    ``jitter_rms``, or rounds that differ; without it ``require_jitter`` makes the verdict a pass with warnings, as
-    Device Advisor does for a strictly exponential device. ``min_delay``: every delay must be at least this.
+    Five jittered samples cannot prove an exponential law, so the rules are ones a correct device cannot fail by
+    chance and a fixed interval cannot pass:
+
+    * fixed interval (every round's delays within a factor 1.5): FAIL;
+    * growth: in some round the longest delay is ``min_growth`` times the first;
+    * jitter: some round is not deterministic (a constant factor, or repeats at a cap);
+    * growth with jitter: PASS; growth without jitter: PASS WITH WARNINGS when ``require_jitter`` (Device Advisor:
+      "strictly exponential backoff ... will pass with warnings"), else PASS; jitter without growth: PASS WITH
+      WARNINGS; neither (a deterministic sequence that does not grow): FAIL.
+    ``min_delay``: every delay must be at least this (FAIL otherwise).
     """
+    rounds = [list(r) for r in rounds if r]
     delays = [d for r in rounds for d in r]
     shown = "; ".join(", ".join(f"{d:.3g}" for d in r) for r in rounds)
     if len(delays) < 2 or all(len(r) < 2 for r in rounds):
         return Judgement(Verdict.ERROR, f"too few reconnects to judge a backoff ({len(delays)} delays: {shown} s)")
-    growth, rms = _fit(rounds)
-    details = {"delays_s": [[round(d, 4) for d in r] for r in rounds], "growth_per_attempt": round(growth, 3),
-               "jitter_rms_log": round(rms, 3)}
-    lo, hi = min(delays), max(delays)
+    growth = max(max(r) / max(r[0], 1e-3) for r in rounds if len(r) >= 2)
+    factor = _growth_factor(rounds)
+    jittered = any(len(r) >= 3 for r in rounds) and not all(_deterministic(r, factor) for r in rounds if len(r) >= 3)
+    details = {"delays_s": [[round(d, 4) for d in r] for r in rounds], "growth": round(growth, 3),
+               "jitter": jittered}
     too_soon = [d for d in delays if d < min_delay]
     if too_soon:
         return Judgement(Verdict.FAIL, f"the device reconnected after {min(too_soon):.3g} s, sooner than "
                                        f"{min_delay:g} s (delays {shown} s)", (), details)
-    if growth < min_growth:
-        kind = (f"a fixed interval of about {sorted(delays)[len(delays) // 2]:.3g} s" if hi <= 1.5 * max(lo, 1e-3)
-                else f"delays that do not grow (x{growth:.2f} per attempt)")
-        return Judgement(Verdict.FAIL, f"no backoff: the device retries at {kind} (delays {shown} s)", (), details)
-    jittered = rms > jitter_rms or (len(rounds) > 1 and _rounds_differ(rounds, jitter_rms))
-    details["jitter"] = jittered
-    summary = f"delays grow x{growth:.2f} per attempt{' with jitter' if jittered else ''} (delays {shown} s)"
-    if jittered or not require_jitter:
-        return Judgement(Verdict.PASS, summary, (), details)
-    return Judgement(Verdict.PASS_WITH_WARNINGS, summary,
-                     ("strictly exponential, no jitter: a fleet that lost its endpoint would come back in "
-                      "synchronized waves (use full jitter)",), details)
-
-
-def _rounds_differ(rounds: Sequence[Sequence[float]], tolerance: float) -> bool:
-    first = rounds[0]
-    for other in rounds[1:]:
-        for a, b in zip(first, other):
-            if abs(math.log(max(a, 1e-3)) - math.log(max(b, 1e-3))) > 2 * tolerance:
-                return True
-    return False
+    if all(_flat(r) for r in rounds):
+        median = sorted(delays)[len(delays) // 2]
+        return Judgement(Verdict.FAIL, f"no backoff: the device retries at a fixed interval of about {median:.3g} s "
+                                       f"(delays {shown} s)", (), details)
+    grows = growth >= min_growth
+    if grows and jittered:
+        return Judgement(Verdict.PASS, f"delays grow (x{growth:.1f} within a round) with jitter (delays {shown} s)",
+                         (), details)
+    if grows:
+        summary = f"delays grow (x{growth:.1f} within a round) without jitter (delays {shown} s)"
+        if not require_jitter:
+            return Judgement(Verdict.PASS, summary, (), details)
+        return Judgement(Verdict.PASS_WITH_WARNINGS, summary,
+                         ("strictly exponential, no jitter: a fleet that lost its endpoint would come back in "
+                          "synchronized waves (use full jitter)",), details)
+    if jittered:
+        return Judgement(Verdict.PASS_WITH_WARNINGS, f"delays vary but do not grow (delays {shown} s)",
+                         (f"no round's longest delay reached {min_growth:g} times its first: jitter without "
+                          "exponential backoff keeps the retry rate up while the endpoint is down",), details)
+    return Judgement(Verdict.FAIL, f"no backoff: the delays do not grow (delays {shown} s)", (), details)
 
 
 # --------------------------------------------------------------------------------------------- keepalive

@@ -209,6 +209,11 @@ class TLSStream:
                         tl.device(f"ClientHello: {hello.describe()}")
                 self._in.write(data)
                 continue
+            except ssl.SSLZeroReturnError:
+                await self._flush()
+                tl.device("sent close_notify and closed during the handshake (no error alert)")
+                return self._result(HandshakeOutcome.DEVICE_CLOSED if flight else HandshakeOutcome.NO_HELLO,
+                                    started, hello, flight, detail="close_notify during the handshake")
             except ssl.SSLEOFError:
                 await self._flush()
                 tl.device("closed the connection during the handshake without a TLS alert")
