@@ -208,7 +208,7 @@ def judge_backoff(rounds: Sequence[Sequence[float]], *, require_jitter: bool, mi
     * jitter: some round is not deterministic (a constant factor, or repeats at a cap);
     * growth with jitter: PASS; growth without jitter: PASS WITH WARNINGS when ``require_jitter`` (Device Advisor:
       "strictly exponential backoff ... will pass with warnings"), else PASS; jitter without growth: PASS WITH
-      WARNINGS; neither (a deterministic sequence that does not grow): FAIL.
+      WARNINGS; delays that only shrink, or a deterministic sequence that does not grow: FAIL.
     ``min_delay``: every delay must be at least this (FAIL otherwise).
     """
     rounds = [list(r) for r in rounds if r]
@@ -229,6 +229,9 @@ def judge_backoff(rounds: Sequence[Sequence[float]], *, require_jitter: bool, mi
         median = sorted(delays)[len(delays) // 2]
         return Judgement(Verdict.FAIL, f"no backoff: the device retries at a fixed interval of about {median:.3g} s "
                                        f"(delays {shown} s)", (), details)
+    if all(len(r) >= 2 and r[-1] * 1.5 < r[0] and all(b <= a * 1.1 + 0.03 for a, b in zip(r, r[1:]))
+           for r in rounds):
+        return Judgement(Verdict.FAIL, f"no backoff: the delays shrink (delays {shown} s)", (), details)
     grows = growth >= min_growth
     if grows and jittered:
         return Judgement(Verdict.PASS, f"delays grow (x{growth:.1f} within a round) with jitter (delays {shown} s)",
