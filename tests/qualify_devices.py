@@ -58,11 +58,13 @@ def native_device(files: DeviceFiles, *, subscribe: str | None = None, publish: 
                 await asyncio.gather(*pending, return_exceptions=True)
                 if stop.is_set():
                     break
-                lost.clear()
                 if subscribe:
                     await client.subscribe(subscribe, qos=1, timeout=2.0)
                 if publish:
                     await client.publish(publish, b"21.5", qos=0)
+                lost.clear()
+                if not client.connected:  # lost before (or while) it subscribed: wait for the next connection
+                    continue
                 stopper = asyncio.ensure_future(stop.wait())
                 lost_task = asyncio.ensure_future(lost.wait())
                 done, pending = await asyncio.wait({stopper, lost_task}, return_when=asyncio.FIRST_COMPLETED)

@@ -20,7 +20,7 @@ from devices.backoff import Backoff
 from gateway.auth import AuthView
 from gateway.qualify import (ContextFactory, CoroutineDevice, PolicySource, Qualification, RunResult,
                              ServerProfiles, Verdict, load_suite, parse_suite)
-from gateway.qualify.device import CommandDevice
+from gateway.qualify.device import CommandDevice, ExternalDevice
 from iotgate.provisioning import DEFAULT_POLICY_NAME
 from tests.qualify_devices import (RawDevice, aiomqtt_device, awsiotsdk_device, fixed_interval_device,
                                    native_device, paho_device, publish_packet, subscribe_packet)
@@ -391,3 +391,37 @@ def test_a_device_command_that_exits_is_an_error(env, tmp_path):
     assert verdicts(result) == {"TLS_Expired_Server_Cert": Verdict.ERROR}, explain(result)
     summary = case(result, "TLS_Expired_Server_Cert").summary
     assert "exited with code 3" in summary and "cannot open" in summary and "root-ca.pem" in summary
+
+
+def test_an_external_device_that_reconnects_by_itself(env):
+    """No --device-cmd: the endpoint waits; the device keeps reconnecting between cases on its own."""
+    thing, files = env.device()
+    ready = asyncio.Event()
+    endpoint = {}
+
+    def on_ready(ep) -> None:
+        endpoint["ep"] = ep
+        ready.set()
+
+    qualification = env.qualification(["TLS_Connect", "TLS_Unsecure_Server_Cert", "MQTT_Connect",
+                                       {"id": "MQTT_Subscribe", "topic": "cmd/{thing}/#"}], ExternalDevice())
+    qualification.on_ready = on_ready
+    run_device = native_device(files, subscribe=f"cmd/{thing}/#")
+
+    async def main() -> RunResult:
+        stop = asyncio.Event()
+
+        async def device() -> None:
+            await ready.wait()
+            await run_device(endpoint["ep"], stop)
+
+        async with asyncio.TaskGroup() as group:
+            group.create_task(device())
+            try:
+                return await qualification.run()
+            finally:
+                stop.set()
+
+    result = asyncio.run(main())
+    assert result.verdict.passed, explain(result)
+    assert result.device == "an external device"
