@@ -24,6 +24,18 @@ from gateway.mqtt import Connect, Framer, PingReq, PubAck, Publish, Subscribe, S
 from gateway.qualify.clienthello import RecordScanner
 
 
+async def _first(*awaitables) -> None:
+    """Wait until one of them is done; cancel (and await) the others."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for task in done:
+        if task.exception() is not None:
+            raise task.exception()
+
+
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     """Sleep; True when ``stop`` was set meanwhile."""
     try:
@@ -50,12 +62,7 @@ def native_device(files: DeviceFiles, *, subscribe: str | None = None, publish: 
         client.start()
         try:
             while not stop.is_set():
-                waiter = asyncio.ensure_future(client.wait_connected())
-                stopper = asyncio.ensure_future(stop.wait())
-                done, pending = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+                await _first(client.wait_connected(), stop.wait())
                 if stop.is_set():
                     break
                 if subscribe:
@@ -65,12 +72,7 @@ def native_device(files: DeviceFiles, *, subscribe: str | None = None, publish: 
                 lost.clear()
                 if not client.connected:  # lost before (or while) it subscribed: wait for the next connection
                     continue
-                stopper = asyncio.ensure_future(stop.wait())
-                lost_task = asyncio.ensure_future(lost.wait())
-                done, pending = await asyncio.wait({stopper, lost_task}, return_when=asyncio.FIRST_COMPLETED)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+                await _first(stop.wait(), lost.wait())
         finally:
             await client.disconnect(timeout=1.0)
 
@@ -152,14 +154,7 @@ def aiomqtt_device(files: DeviceFiles, client_id: str, *, subscribe: str | None 
                         async for _ in client.messages:
                             pass
 
-                    consumer = asyncio.ensure_future(consume())
-                    stopper = asyncio.ensure_future(stop.wait())
-                    done, pending = await asyncio.wait({consumer, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                    for task in pending:
-                        task.cancel()
-                    await asyncio.gather(*pending, return_exceptions=True)
-                    if consumer in done and consumer.exception() is not None:
-                        raise consumer.exception()
+                    await _first(consume(), stop.wait())
             except aiomqtt.MqttError:
                 if await _sleep_or_stop(stop, rng.uniform(0, delay)):
                     return

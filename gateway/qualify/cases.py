@@ -34,7 +34,7 @@ from gateway.qualify.judge import (
     judge_refusal,
     judge_tls_connect,
 )
-from gateway.qualify.model import Handshake
+from gateway.qualify.model import Handshake, HandshakeOutcome
 from gateway.qualify.peer import DeviceGone, MalformedPacket, MqttPeer
 from gateway.qualify.profiles import WRONG_NAME, ServerProfiles
 from gateway.qualify.suite import CaseSpec
@@ -152,11 +152,32 @@ class CaseContext:
         hs = await stream.handshake(self["handshake_timeout"] if timeout is None else timeout)
         return stream, hs
 
+    async def first_handshake(self, profile_name: str, *, timeout: float | None = None
+                              ) -> tuple[Arrival, TLSStream, Handshake]:
+        """The device's first TLS handshake in this case. A connection closed before any ClientHello shows nothing
+        (a device that gave up on its TCP connection, a port probe): the device's next attempt is taken instead,
+        until ``connect_timeout`` has passed."""
+        deadline = time.monotonic() + self["connect_timeout"]
+        while True:
+            arrival = await self.arrival()
+            stream, hs = await self.handshake(arrival, profile_name, timeout=timeout)
+            left = deadline - time.monotonic()
+            if hs.outcome is not HandshakeOutcome.NO_HELLO or left <= 0:
+                return arrival, stream, hs
+            self.timeline.note("no ClientHello on that connection: waiting for the device's next attempt")
+            try:
+                arrival = await self.listener.next(left, exited=self.device.exited)
+            except (TimeoutError, DeviceExited):
+                return arrival, stream, hs
+            self.listener.requeue(arrival)
+
     async def session(self, arrival: Arrival | None = None, *, profile: str = "good", connack: bool = True
                       ) -> Session:
         """TLS with a valid certificate and the device's CONNECT (answered with CONNACK when ``connack``)."""
-        arrival = arrival or await self.arrival()
-        stream, hs = await self.handshake(arrival, profile)
+        if arrival is None:
+            arrival, stream, hs = await self.first_handshake(profile)
+        else:
+            stream, hs = await self.handshake(arrival, profile)
         if not hs.completed:
             raise _error(f"precondition failed: the TLS handshake with a valid server certificate did not "
                          f"complete ({hs.outcome}: {hs.detail}); see TLS_Connect")
@@ -188,12 +209,12 @@ class CaseContext:
 # --------------------------------------------------------------------------------------------- TLS
 
 async def tls_connect(ctx: CaseContext) -> Judgement:
-    stream, hs = await ctx.handshake(await ctx.arrival(), "good")
+    _, stream, hs = await ctx.first_handshake("good")
     return judge_tls_connect(hs, endpoint_name=ctx.endpoint.server_name)
 
 
 async def _refusal(ctx: CaseContext, profile: str, problem: str) -> Judgement:
-    stream, hs = await ctx.handshake(await ctx.arrival(), profile, timeout=ctx["refusal_timeout"])
+    _, stream, hs = await ctx.first_handshake(profile, timeout=ctx["refusal_timeout"])
     judgement = judge_refusal(hs, problem=problem)
     if hs.completed:
         peer = MqttPeer(stream, ctx.timeline)
@@ -221,7 +242,7 @@ async def tls_expired_server_cert(ctx: CaseContext) -> Judgement:
 
 
 async def tls_large_server_cert(ctx: CaseContext) -> Judgement:
-    stream, hs = await ctx.handshake(await ctx.arrival(), "large")
+    _, stream, hs = await ctx.first_handshake("large")
     profile = ctx.profiles.get("large", large_bytes=ctx["cert_bytes"])
     judgement = judge_tls_connect(hs, endpoint_name=ctx.endpoint.server_name)
     details = {**judgement.details, "certificate_bytes": profile.der_size, "chain_bytes": profile.chain_size}
@@ -230,12 +251,12 @@ async def tls_large_server_cert(ctx: CaseContext) -> Judgement:
 
 
 async def tls_cipher_suites(ctx: CaseContext) -> Judgement:
-    stream, hs = await ctx.handshake(await ctx.arrival(), "good")
+    _, stream, hs = await ctx.first_handshake("good")
     return judge_ciphers(hs.hello)
 
 
 async def tls_legacy_versions(ctx: CaseContext) -> Judgement:
-    stream, hs = await ctx.handshake(await ctx.arrival(), "legacy", timeout=ctx["refusal_timeout"])
+    _, stream, hs = await ctx.first_handshake("legacy", timeout=ctx["refusal_timeout"])
     return judge_legacy_versions(hs)
 
 
@@ -298,7 +319,7 @@ async def tls_max_fragments(ctx: CaseContext) -> Judgement:
 # --------------------------------------------------------------------------------------------- MQTT
 
 async def mqtt_connect(ctx: CaseContext) -> Judgement:
-    stream, hs = await ctx.handshake(await ctx.arrival(), "good")
+    _, stream, hs = await ctx.first_handshake("good")
     if not hs.completed:
         raise _error(f"precondition failed: TLS handshake did not complete ({hs.outcome}: {hs.detail}); see "
                      "TLS_Connect")
@@ -326,49 +347,54 @@ async def mqtt_connect(ctx: CaseContext) -> Judgement:
                       "keep_alive": packet.keep_alive, "clean_start": packet.clean_start})
 
 
+async def _expect(ctx: CaseContext, session: Session, kind: type, want: str, match, show) -> Packet | Judgement:
+    """The first packet of ``kind`` that ``match`` accepts (answered as a broker would), or a FAIL saying what the
+    device sent instead (``show`` renders a packet of that kind)."""
+    seen: list[str] = []
+
+    def accepts(p: Packet) -> bool:
+        if not isinstance(p, kind):
+            return False
+        seen.append(show(p))
+        return match(p)
+
+    timeout = ctx["packet_timeout"]
+    packet = await session.until(accepts, timeout)
+    if packet is None:
+        name = kind.__name__.upper()
+        also = f" (it sent {name} {'; '.join(seen[:5])})" if seen else f" (no {name} at all)"
+        return Judgement(Verdict.FAIL, f"no {name} {want} within {timeout:g} s{also}")
+    await session.reply(packet)
+    return packet
+
+
+def _filters(packet: Subscribe) -> str:
+    return ", ".join(f"{s.topic_filter!r} QoS {s.qos}" for s in packet.subscriptions)
+
+
 async def mqtt_subscribe(ctx: CaseContext) -> Judgement:
     session = await ctx.session()
     wanted = ctx.topic(ctx["topic"], session) if ctx["topic"] else None
     qos = ctx["qos"]
-    seen: list[str] = []
-
-    def matches(p: Packet) -> bool:
-        if not isinstance(p, Subscribe):
-            return False
-        seen.extend(f"{s.topic_filter!r} QoS {s.qos}" for s in p.subscriptions)
-        return any((wanted is None or s.topic_filter == wanted) and (qos is None or s.qos == qos)
-                   for s in p.subscriptions)
-
-    timeout = ctx["packet_timeout"]
-    packet = await session.until(matches, timeout)
-    want = (f"{wanted!r}" if wanted else "any filter") + (f" with QoS {qos}" if qos is not None else "")
-    if packet is None:
-        also = f" (it subscribed to {', '.join(seen)})" if seen else " (no SUBSCRIBE at all)"
-        return Judgement(Verdict.FAIL, f"no SUBSCRIBE to {want} within {timeout:g} s{also}")
-    await session.reply(packet)
-    filters = ", ".join(f"{s.topic_filter!r} QoS {s.qos}" for s in packet.subscriptions)
-    return Judgement(Verdict.PASS, f"SUBSCRIBE {filters}", (), {"filters": filters})
+    want = "to " + (f"{wanted!r}" if wanted else "any filter") + (f" with QoS {qos}" if qos is not None else "")
+    packet = await _expect(ctx, session, Subscribe, want, lambda p: any(
+        (wanted is None or s.topic_filter == wanted) and (qos is None or s.qos == qos) for s in p.subscriptions),
+        _filters)
+    if isinstance(packet, Judgement):
+        return packet
+    return Judgement(Verdict.PASS, f"SUBSCRIBE {_filters(packet)}", (), {"filters": _filters(packet)})
 
 
 async def mqtt_publish(ctx: CaseContext) -> Judgement:
     session = await ctx.session()
     wanted = ctx.topic(ctx["topic"], session) if ctx["topic"] else None
     qos = ctx["qos"]
-    seen: list[str] = []
-
-    def matches(p: Packet) -> bool:
-        if not isinstance(p, Publish):
-            return False
-        seen.append(f"{p.topic!r} QoS {p.qos}")
-        return (wanted is None or p.topic == wanted) and (qos is None or p.qos == qos)
-
-    timeout = ctx["packet_timeout"]
-    packet = await session.until(matches, timeout)
-    want = (f"{wanted!r}" if wanted else "any topic") + (f" at QoS {qos}" if qos is not None else "")
-    if packet is None:
-        also = f" (it published {', '.join(seen[:5])})" if seen else " (no PUBLISH at all)"
-        return Judgement(Verdict.FAIL, f"no PUBLISH to {want} within {timeout:g} s{also}")
-    await session.reply(packet)
+    want = "to " + (f"{wanted!r}" if wanted else "any topic") + (f" at QoS {qos}" if qos is not None else "")
+    packet = await _expect(ctx, session, Publish, want,
+                           lambda p: (wanted is None or p.topic == wanted) and (qos is None or p.qos == qos),
+                           lambda p: f"{p.topic!r} QoS {p.qos}")
+    if isinstance(packet, Judgement):
+        return packet
     return Judgement(Verdict.PASS, f"PUBLISH {packet.topic!r} QoS {packet.qos}, {len(packet.payload)} bytes", (),
                      {"topic": packet.topic, "qos": packet.qos})
 
@@ -505,8 +531,8 @@ async def mqtt_client_id(ctx: CaseContext) -> Judgement:
 # --------------------------------------------------------------------------------------------- permissions
 
 async def permissions(ctx: CaseContext) -> Judgement:
-    arrival = await ctx.arrival()
-    session = await ctx.session(arrival, connack=False)
+    session = await ctx.session(connack=False)
+    arrival = session.arrival
     path = ctx["policy"]
     if path and ctx.base_dir is not None and not Path(path).is_absolute():
         path = str(ctx.base_dir / path)

@@ -241,11 +241,7 @@ def parse_client_hello(body: bytes) -> ClientHello:
     suites_raw = c.vector(2, "cipher_suites")
     if suites_raw.left % 2:
         raise NotTLS("ClientHello cipher_suites has an odd length")
-    suites = []
-    while suites_raw.left:
-        code = suites_raw.u16("cipher_suites")
-        if not is_grease(code) and code not in SIGNALLING_SUITES:
-            suites.append(code)
+    suites = [c for c in _codes(suites_raw, "cipher_suites") if c not in SIGNALLING_SUITES]
     c.vector(1, "compression_methods")
     server_name = None
     alpn: tuple[str, ...] = ()
@@ -275,28 +271,26 @@ def parse_client_hello(body: bytes) -> ClientHello:
                     found.append(_read_vector(protos, 1, "ALPN protocol").decode("ascii", "replace"))
                 alpn = tuple(found)
             elif ext_type == _EXT_SUPPORTED_VERSIONS:
-                listed = data.vector(1, "supported_versions")
-                found = []
-                while listed.left >= 2:
-                    v = listed.u16("supported_versions")
-                    if not is_grease(v):
-                        found.append(v)
-                versions = tuple(found)
+                versions = _codes(data.vector(1, "supported_versions"), "supported_versions")
             elif ext_type == _EXT_MAX_FRAGMENT_LENGTH and data.left:
                 code = data.u8("max_fragment_length")
                 mfl = {1: 512, 2: 1024, 3: 2048, 4: 4096}.get(code)
             elif ext_type == _EXT_RECORD_SIZE_LIMIT and data.left >= 2:
                 rsl = data.u16("record_size_limit")
             elif ext_type == _EXT_SUPPORTED_GROUPS:
-                listed = data.vector(2, "supported_groups")
-                found = []
-                while listed.left >= 2:
-                    g = listed.u16("supported_groups")
-                    if not is_grease(g):
-                        found.append(g)
-                groups = tuple(found)
+                groups = _codes(data.vector(2, "supported_groups"), "supported_groups")
     return ClientHello(legacy_version, versions, tuple(suites), server_name, alpn, mfl, rsl, groups,
                        tuple(extensions), len(body) + 4)
+
+
+def _codes(listed: _Cursor, what: str) -> tuple[int, ...]:
+    """A list of 16-bit code points without its GREASE values."""
+    found = []
+    while listed.left >= 2:
+        code = listed.u16(what)
+        if not is_grease(code):
+            found.append(code)
+    return tuple(found)
 
 
 def _read_vector(cursor: _Cursor, length_bytes: int, what: str) -> bytes:

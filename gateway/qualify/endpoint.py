@@ -103,6 +103,14 @@ class Listener:
             raise DeviceExited(exited.result())
         raise TimeoutError
 
+    def requeue(self, arrival: Arrival) -> None:
+        """Put a connection back at the head of the queue (the next ``next`` returns it)."""
+        items = [arrival]
+        while not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        for item in items:
+            self._queue.put_nowait(item)
+
     def discard_pending(self) -> int:
         """Close the connections nobody took; how many there were."""
         n = 0

@@ -256,8 +256,8 @@ def test_subscribe_and_publish_elsewhere_fail(env):
     result = env.run(cases, device, settings={"packet_timeout": 0.5})
     assert verdicts(result) == {"MQTT_Subscribe": Verdict.FAIL, "MQTT_Publish": Verdict.FAIL,
                                 "MQTT_Client_Puback_Qos1": Verdict.ERROR}, explain(result)
-    assert f"it subscribed to 'cmd/{thing}/other' QoS 1" in case(result, "MQTT_Subscribe").summary
-    assert f"it published 'dt/{thing}/other' QoS 0" in case(result, "MQTT_Publish").summary
+    assert f"it sent SUBSCRIBE 'cmd/{thing}/other' QoS 1" in case(result, "MQTT_Subscribe").summary
+    assert f"it sent PUBLISH 'dt/{thing}/other' QoS 0" in case(result, "MQTT_Publish").summary
 
 
 def test_a_device_that_never_acknowledges_qos1_fails_puback(env):
@@ -425,3 +425,20 @@ def test_an_external_device_that_reconnects_by_itself(env):
     result = asyncio.run(main())
     assert result.verdict.passed, explain(result)
     assert result.device == "an external device"
+
+
+def test_a_connection_without_a_client_hello_is_not_the_evidence(env):
+    """A device whose first TCP connection closes before any ClientHello (it gave up, a port probe): the case takes
+    its next attempt instead of judging on nothing."""
+    thing, files = env.device()
+    then = paho_device(files, thing, check_hostname=False)
+
+    async def probe_first(ep, stop):
+        reader, writer = await asyncio.open_connection(ep.host, ep.port)
+        writer.close()
+        await writer.wait_closed()
+        await then(ep, stop)
+
+    result = env.run(["TLS_Incorrect_Subject_Name_Server_Cert"], probe_first)
+    assert verdicts(result) == {"TLS_Incorrect_Subject_Name_Server_Cert": Verdict.FAIL}, explain(result)
+    assert any("waiting for the device's next attempt" in e["text"] for e in result.results[0].evidence)

@@ -5,27 +5,18 @@ from __future__ import annotations
 
 import ssl
 import struct
-import warnings
 
 import pytest
 
 from gateway.mqtt import Connect, encode
 from gateway.qualify.clienthello import (AWS_IOT_RECOMMENDED, AWS_IOT_SUPPORTED, HelloReader, NotTLS,
                                          RecordScanner, is_grease, suite_name)
+from tests.qualify_devices import tls_context
 
 
 def openssl_hello(server_hostname: str | None = "localhost", *, minimum=ssl.TLSVersion.TLSv1_2, maximum=None,
                   alpn=None, ciphers=None) -> bytes:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ctx.minimum_version = minimum
-        if maximum is not None:
-            ctx.maximum_version = maximum
-    if ciphers:
-        ctx.set_ciphers(ciphers)
+    ctx = tls_context(None, "", verify=False, minimum=minimum, maximum=maximum, ciphers=ciphers)
     if alpn:
         ctx.set_alpn_protocols(alpn)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
