@@ -359,11 +359,16 @@ async def _expect(ctx: CaseContext, session: Session, kind: type, want: str, mat
         return match(p)
 
     timeout = ctx["packet_timeout"]
-    packet = await session.until(accepts, timeout)
+    name = kind.__name__.upper()
+    try:
+        packet = await session.until(accepts, timeout)
+        ended = f"within {timeout:g} s"
+    except DeviceGone as exc:
+        packet, ended = None, f"before it closed the connection ({exc})"
     if packet is None:
-        name = kind.__name__.upper()
-        also = f" (it sent {name} {'; '.join(seen[:5])})" if seen else f" (no {name} at all)"
-        return Judgement(Verdict.FAIL, f"no {name} {want} within {timeout:g} s{also}")
+        distinct = list(dict.fromkeys(seen))
+        also = f" (it sent {name} {'; '.join(distinct[:5])}, {len(seen)} in all)" if seen else f" (no {name} at all)"
+        return Judgement(Verdict.FAIL, f"no {name} {want} {ended}{also}")
     await session.reply(packet)
     return packet
 
@@ -412,8 +417,8 @@ async def _next_retry(ctx: CaseContext, attempts: list[tuple[float, float | None
         raise CaseEnd(Verdict.FAIL, f"after attempt {len(attempts)} the device did not try again within "
                                     f"{timeout:g} s") from None
     except DeviceExited as exc:
-        raise CaseEnd(Verdict.FAIL, f"after attempt {len(attempts)} {exc.exit.describe()} instead of retrying"
-                      ) from None
+        raise CaseEnd(Verdict.FAIL, f"after attempt {len(attempts)} the device did not retry: "
+                                    f"{exc.exit.describe()}") from None
 
 
 async def _hold_without_connack(ctx: CaseContext, session: Session, withhold: float) -> float:

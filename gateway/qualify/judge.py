@@ -350,10 +350,10 @@ def judge_permissions(decisions: Iterable[tuple[str, str, Decision]], *, lint_fi
     details = {"decisions": [{"action": a, "resource": r, "allowed": d.allowed, "decided_by": describe_decision(d)}
                              for a, r, d in decisions]}
     if denied:
-        first = denied[0]
+        action, resource, decision = denied[0]
         more = f" (and {len(denied) - 1} more denied)" if len(denied) > 1 else ""
-        return Judgement(Verdict.FAIL, f"{first[0]} on {first[1]} denied by {describe_decision(first[2])}{more}",
-                         tuple(lint_findings), details)
+        why = f" by {describe_decision(decision)}" if decision.decided_by else f": {describe_decision(decision)}"
+        return Judgement(Verdict.FAIL, f"{action} on {resource} denied{why}{more}", tuple(lint_findings), details)
     warnings = list(lint_findings)
     actions = sorted({a for a, _, _ in decisions})
     if actions == ["iot:Connect"]:

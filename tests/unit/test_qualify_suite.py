@@ -161,3 +161,11 @@ def test_reports(tmp_path):
     assert cases["TLS_Connect"].get("classname") == "iotgate.qualify.TLS"
     html = write_html(tmp_path / "report.html", run).read_text()
     assert "accepted &lt;evil&gt;" in html and "sent &lt;alert&gt; &amp; closed" in html and "<evil>" not in html
+
+
+def test_the_shipped_example_suite():
+    from pathlib import Path
+
+    suite = load_suite(str(Path(__file__).parents[2] / "deploy" / "qualify" / "publisher.toml"))
+    assert [c.id for c in suite.cases][-1] == "MQTT_Connect_Exponential_Backoff_Retries"
+    assert suite.cases[1]["topic"] == "dt/{thing}/temperature" and suite.cases[1]["qos"] == 1
