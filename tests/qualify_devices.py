@@ -49,14 +49,15 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
 
 def native_device(files: DeviceFiles, *, subscribe: str | None = None, publish: str | None = None,
                   backoff: Backoff | None = None, keep_alive: int = 60, connect_timeout: float = 2.0,
-                  seed: int = 1):
+                  seed: int = 1, **options):
     """devices.client.DeviceClient: jittered exponential backoff (full jitter, seeded), verification always on."""
     identity = DeviceIdentity.load(files.directory)
 
     async def run(ep, stop: asyncio.Event) -> None:
         lost = asyncio.Event()
         client = DeviceClient(identity, Endpoint(ep.server_name, ep.port),
-                              options=ClientOptions(keep_alive=keep_alive, connect_timeout=connect_timeout),
+                              options=ClientOptions(keep_alive=keep_alive, connect_timeout=connect_timeout,
+                                                    **options),
                               backoff=backoff or Backoff(base=0.05, cap=1.0, random=random.Random(seed).random),
                               on_disconnect=lambda notice: lost.set())
         client.start()

@@ -17,7 +17,8 @@ from pathlib import Path
 from cryptography import x509
 
 from certs.authority import common_name
-from gateway.mqtt import Connect, Disconnect, Packet, PubAck, Publish, ReasonCode, Subscribe, Unsubscribe, topic_matches
+from gateway.mqtt import (Connect, Disconnect, Packet, PubAck, Publish, ReasonCode, Subscribe, Unsubscribe, encode,
+                          topic_matches)
 from gateway.policy import Request, lint
 from gateway.qualify.device import DeviceEndpoint, DeviceUnderTest
 from gateway.qualify.endpoint import Arrival, DeviceExited, Listener
@@ -280,7 +281,13 @@ async def _deliver_qos1(ctx: CaseContext, payload: bytes, what: str) -> tuple[Ju
                      f"{ctx['packet_timeout']:g} s{also}")
     await session.reply(sub)
     packet_id = 1
-    await session.send(Publish(topic, payload, qos=1, packet_id=packet_id))
+    publish = Publish(topic, payload, qos=1, packet_id=packet_id)
+    limit = session.connect.properties.maximum_packet_size if session.peer.level == 5 else None
+    size = len(encode(publish, session.peer.level))
+    if limit is not None and size > limit:
+        raise CaseEnd(Verdict.SKIPPED, f"the device accepts packets of at most {limit} bytes (Maximum Packet Size in "
+                                       f"its CONNECT); {what} takes {size}: lower payload_bytes")
+    await session.send(publish)
     ctx.timeline.endpoint(f"sent {what} to {topic!r}")
 
     def acked(p: Packet) -> bool:

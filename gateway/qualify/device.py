@@ -90,6 +90,27 @@ def _tail(path: Path, lines: int = 6, limit: int = 600) -> str:
     return joined[-limit:]
 
 
+_SECRET_FLAGS = frozenset({"-P", "--pw", "--password", "--pass", "--passwd", "--key-password"})
+
+
+def redacted(argv: list[str]) -> list[str]:
+    """The arguments with passwords masked (``-P secret``, ``--password=secret``): what reports may show."""
+    out = []
+    hide = False
+    for arg in argv:
+        if hide:
+            out.append("***")
+            hide = False
+            continue
+        flag, eq, _ = arg.partition("=")
+        if flag in _SECRET_FLAGS and eq:
+            out.append(f"{flag}=***")
+        else:
+            out.append(arg)
+            hide = arg in _SECRET_FLAGS
+    return out
+
+
 class CommandDevice:
     """A command line started for every case (its own process group), stopped with SIGTERM then SIGKILL."""
 
@@ -103,7 +124,7 @@ class CommandDevice:
         if not self.argv:
             raise DeviceError("--device-cmd is empty")
         self.command = command
-        self.description = f"command {command}"
+        self.description = "command " + shlex.join(redacted(self.argv))
         self.log_dir = Path(log_dir)
         self._proc: asyncio.subprocess.Process | None = None
         self._waiter: asyncio.Task | None = None

@@ -97,7 +97,6 @@ class MqttPeer:
         self.level: int | None = None
         self.connect: Connect | None = None
         self.last_rx: float | None = None
-        self.received: list[tuple[float, Packet]] = []
         self._frames: list = []
         self._aliases: dict[int, str] = {}
 
@@ -141,7 +140,6 @@ class MqttPeer:
         elif isinstance(packet, Publish):
             packet = self._resolve_alias(packet)
         self.last_rx = self.clock()
-        self.received.append((self.last_rx, packet))
         self.timeline.device(describe(packet))
         return packet
 

@@ -442,3 +442,13 @@ def test_a_connection_without_a_client_hello_is_not_the_evidence(env):
     result = env.run(["TLS_Incorrect_Subject_Name_Server_Cert"], probe_first)
     assert verdicts(result) == {"TLS_Incorrect_Subject_Name_Server_Cert": Verdict.FAIL}, explain(result)
     assert any("waiting for the device's next attempt" in e["text"] for e in result.results[0].evidence)
+
+
+def test_an_mqtt5_device_with_a_small_maximum_packet_size_is_not_sent_more(env):
+    thing, files = env.device()
+    device = native_device(files, subscribe=f"cmd/{thing}/#", protocol_level=5, max_packet_size=4096)
+    result = env.run(["TLS_Receive_Maximum_Size_Fragments", "MQTT_Client_Puback_Qos1"], device)
+    got = verdicts(result)
+    assert got == {"TLS_Receive_Maximum_Size_Fragments": Verdict.SKIPPED, "MQTT_Client_Puback_Qos1": Verdict.PASS}, \
+        explain(result)
+    assert "at most 4096 bytes" in case(result, "TLS_Receive_Maximum_Size_Fragments").summary

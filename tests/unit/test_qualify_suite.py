@@ -169,3 +169,11 @@ def test_the_shipped_example_suite():
     suite = load_suite(str(Path(__file__).parents[2] / "deploy" / "qualify" / "publisher.toml"))
     assert [c.id for c in suite.cases][-1] == "MQTT_Connect_Exponential_Backoff_Retries"
     assert suite.cases[1]["topic"] == "dt/{thing}/temperature" and suite.cases[1]["qos"] == 1
+
+
+def test_passwords_in_a_device_command_are_not_reported(tmp_path):
+    from gateway.qualify.device import CommandDevice
+
+    device = CommandDevice("mosquitto_pub -u dev -P 's3cret pw' --password=hunter2 -t x", tmp_path)
+    assert device.description == "command mosquitto_pub -u dev -P '***' '--password=***' -t x"
+    assert device.expand(DeviceEndpoint("h", 1, "n", "c"))[4] == "s3cret pw"  # the device still gets it
