@@ -42,7 +42,7 @@ from gateway.qualify.suite import CaseSpec
 from gateway.qualify.tls import ContextFactory, TLSStream
 from gateway.qualify.verdict import Timeline, Verdict
 
-__all__ = ["CASE_RUNNERS", "CaseContext", "CaseEnd", "Session"]
+__all__ = ["CASE_RUNNERS", "CaseContext", "CaseEnd", "RunFacts", "Session"]
 
 MAX_RECORD = 16384
 
@@ -102,12 +102,22 @@ class Session:
         return time.monotonic()
 
 
+@dataclasses.dataclass
+class RunFacts:
+    """What the run has established so far, for the cases that depend on it."""
+
+    #: the device completed a handshake with a valid server certificate (so a refusal elsewhere is about the
+    #: certificate, not about a device that cannot do TLS with this endpoint at all)
+    accepted_valid_certificate: bool = False
+
+
 class CaseContext:
     """What one case works with; everything it opens is closed by :meth:`close`."""
 
     def __init__(self, spec: CaseSpec, *, timeline: Timeline, listener: Listener, device: DeviceUnderTest,
                  profiles: ServerProfiles, contexts: ContextFactory, policies, endpoint: DeviceEndpoint,
-                 base_dir: Path | None) -> None:
+                 base_dir: Path | None, facts: RunFacts | None = None) -> None:
+        self.facts = facts if facts is not None else RunFacts()
         self.spec = spec
         self.timeline = timeline
         self.listener = listener
@@ -151,7 +161,33 @@ class CaseContext:
         self.streams.append(stream)
         self.timeline.endpoint(f"server certificate {profile.describe()}")
         hs = await stream.handshake(self["handshake_timeout"] if timeout is None else timeout)
+        if hs.completed and profile_name in ("good", "large"):
+            self.facts.accepted_valid_certificate = True
         return stream, hs
+
+    async def control(self, judgement: Judgement) -> Judgement:
+        """A refusal passes only if this device accepts a valid certificate: unless it already did in this run, it
+        is started again (an external device: its next attempt is awaited) and must complete a handshake with the
+        valid certificate; otherwise the refusal proves nothing and the case is an ERROR."""
+        if not judgement.verdict.passed or self.facts.accepted_valid_certificate:
+            return judgement
+        await self.close()
+        if self.device.per_case:
+            await self.device.stop()
+            await self.device.start(self.endpoint, self.spec.id)
+            self.timeline.note("started the device again for a control handshake with the valid certificate")
+        try:
+            arrival = await self.arrival()
+        except CaseEnd:
+            return Judgement(Verdict.ERROR, f"inconclusive: {judgement.summary}, but the device did not come back "
+                                            "for a control handshake with a valid certificate")
+        _, hs = await self.handshake(arrival, "good")
+        if hs.completed:
+            self.timeline.note("control: the device completed a handshake with the valid certificate")
+            return judgement
+        return Judgement(Verdict.ERROR, f"inconclusive: the device also refused the valid certificate ({hs.outcome}: "
+                                        f"{hs.detail}), so its refusal here says nothing about this certificate; "
+                                        "see TLS_Connect")
 
     async def first_handshake(self, profile_name: str, *, timeout: float | None = None
                               ) -> tuple[Arrival, TLSStream, Handshake]:
@@ -227,7 +263,7 @@ async def _refusal(ctx: CaseContext, profile: str, problem: str) -> Judgement:
             secret = ", with a password" if packet.password else ""
             judgement = dataclasses.replace(judgement, summary=judgement.summary + f"; it then sent CONNECT as "
                                             f"{packet.client_id!r}{secret} to that server")
-    return judgement
+    return await ctx.control(judgement)
 
 
 async def tls_incorrect_subject_name(ctx: CaseContext) -> Judgement:
@@ -258,7 +294,9 @@ async def tls_cipher_suites(ctx: CaseContext) -> Judgement:
 
 async def tls_legacy_versions(ctx: CaseContext) -> Judgement:
     _, stream, hs = await ctx.first_handshake("legacy", timeout=ctx["refusal_timeout"])
-    return judge_legacy_versions(hs)
+    judgement = judge_legacy_versions(hs)
+    offered_only_modern = hs.hello is not None and hs.hello.offers_legacy_versions is False
+    return judgement if offered_only_modern else await ctx.control(judgement)
 
 
 async def _deliver_qos1(ctx: CaseContext, payload: bytes, what: str) -> tuple[Judgement, Session]:

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.qualify.cases import CASE_RUNNERS, CaseContext, CaseEnd
+from gateway.qualify.cases import CASE_RUNNERS, CaseContext, CaseEnd, RunFacts
 from gateway.qualify.device import DeviceEndpoint, DeviceError, DeviceUnderTest
 from gateway.qualify.endpoint import DeviceExited, Listener
 from gateway.qualify.judge import Judgement
@@ -67,6 +67,7 @@ class Qualification:
         self.on_ready = on_ready
         self.on_case = on_case
         self.endpoint: DeviceEndpoint | None = None
+        self.facts = RunFacts()
         self._t0 = 0.0
 
     async def run(self) -> RunResult:
@@ -104,7 +105,7 @@ class Qualification:
         timeline = Timeline(time.monotonic, started)
         ctx = CaseContext(spec, timeline=timeline, listener=self.listener, device=self.device,
                           profiles=self.profiles, contexts=self.contexts, policies=self.policies,
-                          endpoint=self.endpoint, base_dir=self.suite.base_dir)
+                          endpoint=self.endpoint, base_dir=self.suite.base_dir, facts=self.facts)
         judgement: Judgement
         try:
             if self.device.per_case:

@@ -452,3 +452,17 @@ def test_an_mqtt5_device_with_a_small_maximum_packet_size_is_not_sent_more(env):
     assert got == {"TLS_Receive_Maximum_Size_Fragments": Verdict.SKIPPED, "MQTT_Client_Puback_Qos1": Verdict.PASS}, \
         explain(result)
     assert "at most 4096 bytes" in case(result, "TLS_Receive_Maximum_Size_Fragments").summary
+
+
+def test_a_device_that_refuses_every_certificate_proves_nothing(env, foreign_ca, tmp_path):
+    """It trusts another CA, so it refuses the bad certificates too: without a handshake it completes with the
+    valid certificate, its refusals are errors, never passes."""
+    thing, files = env.device()
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(foreign_ca.pem_with_chain(foreign_ca.certificate))
+    alone = env.run(["TLS_Unsecure_Server_Cert", "TLS_Expired_Server_Cert"], paho_device(files, thing, ca_file=other))
+    assert set(verdicts(alone).values()) == {Verdict.ERROR}, explain(alone)
+    assert "also refused the valid certificate" in case(alone, "TLS_Unsecure_Server_Cert").summary
+    good = env.run(["TLS_Unsecure_Server_Cert"], paho_device(files, thing))  # the control passes for a good one
+    assert verdicts(good) == {"TLS_Unsecure_Server_Cert": Verdict.PASS}, explain(good)
+    assert any("control: the device completed a handshake" in e["text"] for e in good.results[0].evidence)
