@@ -323,7 +323,7 @@ def judge_client_id(client_id: str, *, username: str | None, password: bytes | N
         warnings.append(f"the client id has {size} bytes; AWS IoT Core refuses more than 128")
     if not client_id:
         warnings.append("empty client id: AWS IoT Core needs one to apply iot:Connect on client/<id>")
-    return _with_warnings(f"client id {shown!r} holds no credential or secret", warnings)
+    return _with_warnings(f"no password, key, token or signature found in the client id {shown!r}", warnings)
 
 
 # --------------------------------------------------------------------------------------------- permissions

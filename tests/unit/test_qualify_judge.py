@@ -145,7 +145,7 @@ def test_keepalive(keep_alive, silences, observed, verdict, words):
 
 
 @pytest.mark.parametrize("client_id, password, verdict, words", [
-    ("device-00001", None, P, "holds no credential"),
+    ("device-00001", None, P, "no password, key, token or signature found"),
     ("dev?password=hunter2", None, F, "a secret as key=value"),
     ("dev-s3cr3t-pw", b"s3cr3t-pw", F, "the CONNECT password"),
     ("AKIAIOSFODNN7EXAMPLE-dev", None, F, "an AWS access key id"),
@@ -155,7 +155,7 @@ def test_keepalive(keep_alive, silences, observed, verdict, words):
     ("dev-" + "Zq8xR2vLp9TfW3kNb7YcH4mJs6Ad1Eg5", None, W, "random-looking token"),
     ("a" * 129, None, W, "129 bytes"),
     ("", None, W, "empty client id"),
-    ("0" * 64, None, P, "holds no credential"),  # a certificate id is public
+    ("0" * 64, None, P, "no password, key, token or signature found"),  # a certificate id is public
 ])
 def test_client_id(client_id, password, verdict, words):
     judgement = judge_client_id(client_id, username=None, password=password)
