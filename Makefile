@@ -16,12 +16,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# Debian packages the stack needs where they are missing: Mosquitto (the upstream broker; mosquitto_passwd)
-# and the openssl tool (the independent certificate checks of tests and demo).
+# Debian packages the stack needs where they are missing: Mosquitto (the upstream broker; mosquitto_passwd),
+# the openssl tool (the independent certificate checks of tests and demo) and mosquitto-clients (mosquitto_sub,
+# the device under test of the `iotgate qualify` tests).
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	command -v mosquitto_sub >/dev/null 2>&1 || missing="$$missing mosquitto-clients"; \
 	if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get update -q && apt-get install -y -q $$missing; fi
 
 test: venv system-deps
