@@ -272,12 +272,12 @@ class FleetRunner:
         return self.plan.duration if self.plan.duration is not None else self.scenario.duration
 
     def _policy_for(self, group: Group) -> str:
-        from iotgate.provisioning import ensure_policy
+        from devices.provisioning import ensure_policy
 
         return ensure_policy(self.plan.local.registry, group.policy)
 
     def _provision(self, names: list[str], policy: str) -> None:
-        from iotgate.provisioning import default_workers, provision_fleet
+        from devices.provisioning import default_workers, provision_fleet
 
         local = self.plan.local
         workers = 1 if len(names) < 200 else default_workers()
@@ -289,7 +289,7 @@ class FleetRunner:
 
     def setup(self) -> None:
         """Identities for every group (provisioned when a local registry is given)."""
-        from iotgate.provisioning import thing_names
+        from devices.provisioning import thing_names
 
         counts = allocate(self.scenario.groups, self.plan.devices)
         total = sum(counts.values())
@@ -312,7 +312,7 @@ class FleetRunner:
                 self.devices.append(SimDevice(thing, group, identity, directory, _cert_id_of(identity.cert_file)))
 
     def _register(self, thing: str, cert, pem: bytes, status: str = "ACTIVE", policies: tuple[str, ...] = ()) -> str:
-        from iotgate.provisioning import ensure_policy, register_certificate
+        from devices.provisioning import ensure_policy, register_certificate
 
         local = self.plan.local
         pols = list(policies) or [ensure_policy(local.registry, None)]

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from certs.keys import KeyType
 from iotgate.context import AppContext, console, emit_json, pass_app
-from iotgate.provisioning import default_workers, ensure_policy, provision_fleet, thing_names
+from devices.provisioning import default_workers, ensure_policy, provision_fleet, thing_names
 
 
 @click.group()

@@ -12,7 +12,7 @@ from gateway.policy import Identity, PolicyError, Request, ThingInfo, compile_po
     test_authorization_response
 from gateway.registry import Certificate, NotFound, Policy, PolicyVersion, Registry
 from iotgate.context import AppContext, console, emit_json, emit_table, json_option, pass_app, when
-from iotgate.provisioning import ProvisioningError, read_text
+from devices.provisioning import ProvisioningError, read_text
 
 
 @click.group()
