@@ -122,8 +122,17 @@ class ChaosPart:
         await asyncio.to_thread(self.upstream.start)
         self.ctx.notes.append(f"upstream killed at {action.at:g} s, started again after {action.downtime:g} s")
 
+    def _nobody(self, name: str, fraction: float, chosen: list) -> bool:
+        """A chaos action or rotation that found no connected device to act on is a check that did not run."""
+        if chosen or fraction <= 0:
+            return False
+        self.checks.append(Check(name, CheckStatus.SKIPPED, "no legitimate device was connected at that time"))
+        return True
+
     def _disrupt(self, tg: asyncio.TaskGroup, action: Chaos) -> None:
         chosen = pick(self.fleet.live(), action.fraction, self.rng)
+        if self._nobody(f"chaos {action.kind} at {action.at:g} s", action.fraction, chosen):
+            return
         for dev in chosen:
             if action.kind == "abort":
                 dev.link.abort()
@@ -141,6 +150,8 @@ class ChaosPart:
                                      "needs a local registry to issue the new certificates"))
             return
         chosen = pick(self.fleet.live(), rotation.fraction, self.rng)
+        if self._nobody(f"rotation at {rotation.at:g} s", rotation.fraction, chosen):
+            return
         offsets = spread_offsets(len(chosen), rotation.spread)
         for dev, offset in zip(chosen, offsets):
             tg.create_task(guarded("rotation", self._rotate(dev, offset)), name=f"rotate {dev.thing}")

@@ -18,6 +18,7 @@ close without an alert cannot come from a target that closes everything.
 
 from __future__ import annotations
 
+import errno
 import re
 
 from devices.client import ConnectOutcome, PublishResult, Reason, SubscribeResult
@@ -25,6 +26,7 @@ from devices.report import Outcome
 
 # OpenSSL's reasons for an alert received from the peer: SSLV3_ALERT_BAD_CERTIFICATE, TLSV1_ALERT_UNKNOWN_CA,
 # TLSV13_ALERT_CERTIFICATE_REQUIRED, ...
+_ERRNO = re.compile(r"\[Errno (\d+)\]")
 _ALERT = re.compile(r"\b((?:SSLV3|TLSV1|TLSV13)_ALERT_[A-Z_]+)")
 # failures on this side: the server's certificate did not verify, or the peer is not a TLS server
 _LOCAL_TLS = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "Hostname mismatch", "hostname mismatch",
@@ -41,9 +43,17 @@ AUTH_REFUSALS_V3 = frozenset({0x04, 0x05})
 AUTH_REFUSALS_V5 = frozenset({0x85, 0x86, 0x87, 0x8A, 0x8C})
 
 
-def _short(text: str, n: int = 90) -> str:
+def _short(text: str, n: int = 120) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _cause(detail: str) -> str:
+    """The short cause of a close: ``[Errno 104] Connection reset by peer`` -> ``ECONNRESET``."""
+    m = _ERRNO.search(detail)
+    if m:
+        return errno.errorcode.get(int(m.group(1)), detail)
+    return detail.split(":")[0].strip() or "EOF"
 
 
 def tls_alert(text: str) -> str | None:
@@ -60,7 +70,7 @@ def classify_tls_failure(detail: str) -> tuple[Outcome, str]:
     if any(marker in detail for marker in _LOCAL_TLS):
         return Outcome.INCONCLUSIVE, _short(f"TLS failed on this side (not a refusal): {detail}")
     if any(marker in detail for marker in _CLOSED_TLS):
-        return Outcome.REFUSED_TLS, "closed by the server during the TLS handshake (no TLS alert sent)"
+        return Outcome.REFUSED_TLS, "closed by the server during the TLS handshake (no TLS alert received)"
     return Outcome.REFUSED_TLS, _short(f"TLS handshake failed: {detail}")
 
 
@@ -76,12 +86,12 @@ def classify_connect(outcome: ConnectOutcome) -> tuple[Outcome, str]:
             return Outcome.REFUSED_MQTT, _short(outcome.detail)
         if outcome.stage == "tls":
             return classify_tls_failure(outcome.detail)
-        why = outcome.detail.split(":")[0].strip() or "EOF"
-        return Outcome.CLOSED, _short(f"closed by the server after CONNECT, before CONNACK ({why}; no TLS alert sent)")
+        why = _cause(outcome.detail)
+        return Outcome.CLOSED, _short(f"closed by the server after CONNECT, before CONNACK ({why}; no TLS alert received)")
     if reason is Reason.TLS:
         return classify_tls_failure(outcome.detail)
     if reason is Reason.IDENTITY:
-        return Outcome.DEVICE_ERROR, _short(f"the device's own files: {outcome.detail}", 160)
+        return Outcome.DEVICE_ERROR, _short(f"the device's own files: {outcome.detail}", 400)
     # DNS, TCP, TIMEOUT, PROTOCOL: the target did not answer as an MQTT server; nothing is proven
     return Outcome.INCONCLUSIVE, _short(f"{reason.value}: {outcome.detail}")
 

@@ -73,7 +73,7 @@ class FleetRunner:
 
     async def run(self) -> FleetResult:
         try:
-            result = await self._run()
+            result = await guarded("runner", self._run())
         except BaseException as exc:
             try:
                 await asyncio.to_thread(self.identities.retire)
@@ -91,8 +91,9 @@ class FleetRunner:
         level = scenario.session.protocol
         if plan.local is not None:
             await asyncio.sleep(scenario.registry_propagation)   # the target sees the identities made above
-        await prove_target(probe_identity, plan.endpoint, level=level,
-                           refused_for=max(2.0, 3 * scenario.registry_propagation) if plan.local else 0.0)
+        await guarded("probe", prove_target(probe_identity, plan.endpoint, level=level,
+                                            refused_for=max(2.0, 3 * scenario.registry_propagation) if plan.local
+                                            else 0.0))
 
         fleet = DeviceFleet(ctx, self.devices, connector=self.connector, endpoint=plan.endpoint, rng=self.rng,
                             reconnect_within=scenario.reconnect_within)
@@ -130,7 +131,7 @@ class FleetRunner:
         elapsed = ctx.elapsed()
         if self.plan.on_tick is not None:
             guarded_call("live display", self.plan.on_tick, self.snapshot())
-        await prove_target(probe_identity, plan.endpoint, level=level, when="after the run")
+        await guarded("probe", prove_target(probe_identity, plan.endpoint, level=level, when="after the run"))
         return guarded_call("report", build_result, plan, ctx, self.devices, operator, attackers.observations,
                             chaos.checks, elapsed=elapsed, errors=self.errors)
 

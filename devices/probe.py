@@ -47,8 +47,8 @@ def _explain(outcome: ConnectOutcome, where: str, identity: DeviceIdentity) -> s
 async def prove_target(identity: DeviceIdentity, endpoint: Endpoint, *, level: int, when: str = "before the run",
                        refused_for: float = 0.0) -> ConnectOutcome:
     """Connect ``identity`` and disconnect; :class:`TargetError` (or :class:`FleetError` for the probe's own
-    files) names what failed. A refusal is tried again for ``refused_for`` seconds: an identity registered just
-    now may not have reached the target yet."""
+    files) names what failed. A CONNACK refusal is tried again for ``refused_for`` seconds: an identity
+    registered just now may not have reached the target yet."""
     link = get_connector("native").link(identity, endpoint, client_id=identity.thing_name,
                                         options=ClientOptions(protocol_level=level, max_resends=0, keep_alive=30,
                                                               connect_timeout=PROBE_TIMEOUT))
@@ -60,7 +60,7 @@ async def prove_target(identity: DeviceIdentity, endpoint: Endpoint, *, level: i
             await close_link(link)
             return outcome
         kind, _ = classify_connect(outcome)
-        if not kind.refused or loop.time() >= until:
+        if kind is not Outcome.REFUSED_MQTT or loop.time() >= until:
             break
         await asyncio.sleep(0.2)
     if outcome.reason is Reason.IDENTITY:
