@@ -3,15 +3,31 @@ AWS IoT Core."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 
+from certs.errors import IotgateError
 from certs.keys import KeyType
 from iotgate.context import AppContext, console, emit_json, pass_app
 from devices.provisioning import default_workers, ensure_policy, provision_fleet, thing_names
+
+
+class Interrupted(IotgateError):
+    exit_code = 130
+
+
+def _check_prefix(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9:_-]*", value):
+        bad = sorted({c for c in value if not re.fullmatch(r"[A-Za-z0-9:_-]", c)})
+        raise click.BadParameter(f"{value!r} holds {' '.join(repr(c) for c in bad)}: thing names may hold letters, "
+                                 "digits, ':', '_' and '-' only (each becomes a folder name under devices/)")
+    if len(value) > 128 - 5:
+        raise click.BadParameter(f"{value!r} is too long: a thing name is at most 128 characters")
+    return value
 
 
 @click.group()
@@ -21,7 +37,8 @@ def fleet() -> None:
 
 @fleet.command("provision")
 @click.option("--count", type=click.IntRange(min=1, max=1_000_000), required=True, help="Number of devices.")
-@click.option("--prefix", default="device-", show_default=True, help="Thing names are PREFIX00001, ...")
+@click.option("--prefix", default="device-", show_default=True, callback=lambda ctx, param, value: _check_prefix(value),
+              help="Thing names are PREFIX00001, ... (letters, digits, ':', '_' and '-').")
 @click.option("--start", type=click.IntRange(min=0), default=1, show_default=True, help="First device number.")
 @click.option("--policy", "policy", metavar="NAME|FILE",
               help="Policy to attach: a registered name or a JSON file (registered under its file name). "
@@ -46,12 +63,23 @@ def provision(app: AppContext, count: int, prefix: str, start: int, policy: str 
     policy_name = ensure_policy(registry, policy)
     names = thing_names(prefix, count, start)
     workers = workers or default_workers()
-    with Progress(TextColumn("provisioning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console, transient=True, disable=as_json) as progress:
-        task = progress.add_task("devices", total=len(names))
-        report = provision_fleet(store, registry, issuer, names, policies=[policy_name], key_type=key_type,
-                                 workers=workers, now=app.clock(), days=days,
-                                 on_progress=lambda n: progress.advance(task, n))
+    registered = 0
+
+    def advance(n: int) -> None:
+        nonlocal registered
+        registered += n
+        progress.advance(task, n)
+
+    try:
+        with Progress(TextColumn("provisioning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), console=console, transient=True, disable=as_json) as progress:
+            task = progress.add_task("devices", total=len(names))
+            report = provision_fleet(store, registry, issuer, names, policies=[policy_name], key_type=key_type,
+                                     workers=workers, now=app.clock(), days=days, on_progress=advance)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: {registered:,} of {len(names):,} device(s) registered; run the same command "
+                          "again to finish (registered things are skipped; device folders written without their "
+                          "registration are issued again)") from None
     rate = report.issued / report.seconds if report.seconds and report.issued else 0.0
     if as_json:
         emit_json({"requested": report.requested, "issued": report.issued, "skipped": report.skipped,
