@@ -81,8 +81,9 @@ MAX_CONCURRENT = 50
 def not_applicable(kind: str, target: str, local: bool) -> str:
     """Why an attack is skipped on this target ("" when it runs)."""
     if target == "mosquitto" and kind in REGISTRY_KINDS:
-        return ("a plain broker keeps no registry of certificate statuses and reads revocations only from the "
-                "CRL it loaded at start (run it against the gateway)")
+        if kind == "revoked":
+            return "a plain broker knows revocations only from the CRL it loaded at start, not from the registry"
+        return "a plain broker keeps no registry of certificate statuses"
     if not local and kind in LOCAL_IDENTITY_KINDS:
         return "needs identities made in a local registry"
     return ""

@@ -85,7 +85,8 @@ class ChaosPart:
     """Chaos actions and rotations at their times in the scenario; each rotation runs as its own task."""
 
     def __init__(self, ctx: RunContext, scenario: Scenario, fleet: DeviceFleet, *, identities: RunIdentities | None,
-                 upstream: UpstreamControl | None, rng: _random.Random, ca_file: str | None) -> None:
+                 upstream: UpstreamControl | None, rng: _random.Random, ca_file: str | None,
+                 registry_enforced: bool = True) -> None:
         self.ctx = ctx
         self.scenario = scenario
         self.fleet = fleet
@@ -93,6 +94,7 @@ class ChaosPart:
         self.upstream = upstream
         self.rng = rng
         self.ca_file = ca_file
+        self.registry_enforced = registry_enforced   # the target refuses what the registry deactivated
         self.checks: list[Check] = []
 
     async def run(self) -> None:
@@ -157,6 +159,9 @@ class ChaosPart:
             tg.create_task(guarded("rotation", self._rotate(dev, offset)), name=f"rotate {dev.thing}")
         self.ctx.notes.append(f"rotation at {rotation.at:g} s: {len(chosen)} device(s)"
                               + (f" over {rotation.spread:g} s" if rotation.spread else " at once"))
+        if not self.registry_enforced:
+            self.checks.append(Check(f"rotation at {rotation.at:g} s: previous certificates refused once deactivated",
+                                     CheckStatus.SKIPPED, "a plain broker keeps no registry of certificate statuses"))
 
     async def _rotate(self, dev: SimDevice, delay: float) -> None:
         ctx = self.ctx
@@ -187,6 +192,8 @@ class ChaosPart:
             return
         if rotated.old_certificate_id:
             await asyncio.to_thread(ids.set_status, rotated.old_certificate_id, "INACTIVE")
+            if not self.registry_enforced:
+                return
             await ctx.sleep(self.scenario.registry_propagation)
             probe = self.fleet.connector.link(rotated.previous, self.fleet.endpoint, client_id=dev.thing,
                                               options=ClientOptions(protocol_level=dev.group.session.protocol,

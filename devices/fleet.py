@@ -105,7 +105,7 @@ class FleetRunner:
                                   ca_file=plan.server_ca, target=plan.target, victim=victim, level=level,
                                   propagation=scenario.registry_propagation)
         chaos = ChaosPart(ctx, scenario, fleet, identities=self.identities, upstream=plan.upstream, rng=self.rng,
-                          ca_file=plan.ca_file)
+                          ca_file=plan.ca_file, registry_enforced=plan.target != "mosquitto")
         rate = plan.rate if plan.rate is not None else scenario.rate
         schedule = connect_schedule(len(self.devices), rate)
         timeouts = [a.timeout * (2 if a.kind != "connect-flood" else 1) for a in scenario.attackers]

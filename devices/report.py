@@ -274,8 +274,8 @@ def run_verdict(observations: Sequence[Observation], checks: Sequence[Check], sl
     line = "result: PASS" if passed else "result: FAIL"
     if reasons:
         line += " (" + ", ".join(reasons) + ")"
-    if skipped:
-        names = "; ".join(f"{c.name} ({c.detail})" if c.detail else c.name for c in skipped)
+    if skipped:    # their reasons are in the report, one line each
+        names = ", ".join(c.name for c in skipped)
         line += f", {len(skipped)} check{'s' if len(skipped) != 1 else ''} skipped" + (" (--strict)" if strict else "") \
             + f": {names}"
     return RunVerdict(passed, line, skipped)

@@ -83,8 +83,8 @@ def observer_checks(plan: FleetPlan, devices: Sequence[SimDevice], operator: Ope
     if not wanted:
         return []
     if operator is None:
-        why = ("needs the simulator's operator (a broad policy of its own), made only against the gateway with a "
-               "local registry" if plan.target != "gateway" or plan.local is None else "no operator in this run")
+        why = ("needs the simulator's operator, which runs only against the gateway with a local registry"
+               if plan.target != "gateway" or plan.local is None else "no operator in this run")
         return [Check(name, CheckStatus.SKIPPED, why) for name in wanted]
     if operator.failure:
         return [Check(name, CheckStatus.FAILED, operator.failure) for name in wanted]

@@ -78,6 +78,22 @@ def _accepting(port: int) -> bool:
         return False
 
 
+def launch(conf: Path, port: int) -> Broker:
+    """Mosquitto on a configuration file, once its listener accepts."""
+    log = conf.with_name("mosquitto.log")
+    with open(log, "wb") as out:
+        process = subprocess.Popen([find_mosquitto(), "-c", str(conf)], stdout=out, stderr=out,
+                                   stdin=subprocess.DEVNULL)
+    broker = Broker(port, process, log)
+    try:
+        wait_until(lambda: process.poll() is not None or _accepting(port), timeout=10)
+        assert process.poll() is None, log.read_text()
+    except BaseException:
+        broker.stop()
+        raise
+    return broker
+
+
 @pytest.fixture
 def mosquitto(fleet, tmp_path):
     """Start a Mosquitto with the given settings (``acl=None``: no ACL file at all; ``extra_ca``: PEM trusted
@@ -101,14 +117,8 @@ def mosquitto(fleet, tmp_path):
             user="user root" if os.geteuid() == 0 else "", port=port, cafile=cafile, certfile=paths.server_cert,
             keyfile=paths.server_key, require_certificate=str(require_certificate).lower(),
             identity_as_username=str(require_certificate).lower(), anonymous=str(anonymous).lower(), acl=acl_line))
-        log = directory / "mosquitto.log"
-        with open(log, "wb") as out:
-            process = subprocess.Popen([find_mosquitto(), "-c", str(conf)], stdout=out, stderr=out,
-                                       stdin=subprocess.DEVNULL)
-        broker = Broker(port, process, log)
+        broker = launch(conf, port)
         started.append(broker)
-        wait_until(lambda: process.poll() is not None or _accepting(port), timeout=10)
-        assert process.poll() is None, log.read_text()
         return broker
 
     yield start
@@ -451,3 +461,21 @@ count = 1
     assert str(key_file) in failure
     group = {g["group"]: g for g in result.report["groups"]}["broken"]
     assert (group["refused"], group["errors"]) == (0, 1)
+
+
+def test_the_shipped_plain_broker_scenario_passes_against_broker_allow_devices(fleet, iotgate, tmp_path):
+    """README: `iotgate broker run --allow-devices` + deploy/scenarios/plain-broker.toml passes, with the
+    registry and operator checks skipped."""
+    port = free_port()
+    ran = iotgate("broker", "config", "--allow-devices", "--port", str(port), "--dir", str(tmp_path / "broker"))
+    assert ran.code == 0, ran.err
+    broker = launch(tmp_path / "broker" / "mosquitto.conf", port)
+    try:
+        path = Path(__file__).resolve().parents[2] / "deploy" / "scenarios" / "plain-broker.toml"
+        text = path.read_text().replace("duration = 5", "duration = 1\nregistry_propagation = 0.1\ndrain = 1")
+        result = run_fleet(mosquitto_plan(fleet, port, text))
+    finally:
+        broker.stop()
+    assert result.passed, (result.verdict, result.mismatches, result.failures)
+    assert result.verdict == ("result: PASS, 5 checks skipped: attacker:revoked, attacker:inactive, "
+                              "attacker:unregistered, delivery of acknowledged QoS 1 messages, end-to-end latency")
