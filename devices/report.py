@@ -1,9 +1,15 @@
-"""Run reports: latency statistics, outcome-versus-expectation, SLO gates (pure), and the JSON, HTML and PNG
-writers.
+"""Run reports, pure: latency statistics, outcomes against expectations, the run's verdict, SLO gates; and the
+JSON, HTML and PNG writers.
 
     stats = LatencyStats.of(samples)            # count, min, mean, p50, p90, p99, max (seconds)
+    Observation("attacker:revoked", "atk-revoked-01", "refused", Outcome.REFUSED_MQTT, "CONNACK ... (0x87)")
+    verdict = run_verdict(observations, checks, slo_results, strict=False)   # .passed, .line
     gates = parse_slo("connack_p99<500ms,errors=0")
     results = check_slo(gates, metrics)         # [GateResult(gate, value, passed)]
+
+An :class:`Outcome` is what the evidence says (got in, refused in TLS or MQTT, closed, inconclusive, the
+device's own error, skipped); its :class:`Verdict` against the expectation is ok, a mismatch, inconclusive,
+an error or skipped. Only ok passes; skipped is counted and fails under ``--strict``.
 """
 
 from __future__ import annotations
