@@ -107,8 +107,9 @@ class DeviceFleet:
     async def run(self, schedule: Sequence[float]) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
-                for dev, delay in zip(self.devices, schedule):
-                    tg.create_task(self._device(dev, delay), name=f"device {dev.thing}")
+                tasks = [tg.create_task(self._device(dev, delay), name=f"device {dev.thing}")
+                         for dev, delay in zip(self.devices, schedule)]
+                await self.ctx.end_at_stop(tasks)
         finally:
             async with asyncio.TaskGroup() as tg:
                 for dev in self.devices:

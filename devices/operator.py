@@ -99,10 +99,10 @@ class Operator:
                     return
             self.ready.set()
             async with asyncio.TaskGroup() as tg:
-                for dev in self.devices:
-                    if dev.group.commands is not None:
-                        tg.create_task(self._commander(link, dev), name=f"command {dev.thing}")
-                tg.create_task(ctx.until_stopped(self._observe(messages)), name="observe")
+                tasks = [tg.create_task(self._commander(link, dev), name=f"command {dev.thing}")
+                         for dev in self.devices if dev.group.commands is not None]
+                tasks.append(tg.create_task(self._observe(messages), name="observe"))
+                await ctx.end_at_stop(tasks)
         finally:
             self.ready.set()
             await close_link(link)

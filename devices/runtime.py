@@ -202,6 +202,13 @@ class RunContext:
         await wait_any((flag, self.stopping), timeout=timeout)
         return flag.is_set()
 
+    async def end_at_stop(self, tasks: Iterable[asyncio.Task]) -> None:
+        """Wait for the end of the run, then cancel ``tasks`` (a part's own, still in a connect or a publish that
+        would otherwise hold the run up to its timeout: everything that counts was measured before the stop)."""
+        await self.stopping.wait()
+        for task in tasks:
+            task.cancel()
+
     async def until_stopped(self, work: Coroutine[None, None, None]) -> None:
         """Run ``work`` until it ends or the run stops (then it is cancelled); its exception propagates."""
         await until(work, self.stopping)
