@@ -23,7 +23,7 @@ from certs.keys import generate_private_key, private_key_pem, write_file, write_
 from devices.client import Endpoint
 from devices.fleet import FleetPlan, LocalPKI, TargetError, run_fleet
 from devices.provisioning import DEFAULT_POLICY_NAME, provision_fleet
-from devices.scenario import loads_scenario
+from devices.scenario import load_scenario, loads_scenario
 from gateway.upstream.mosquitto import find_mosquitto, free_port
 from iotgate.cli import main
 
@@ -479,3 +479,12 @@ def test_the_shipped_plain_broker_scenario_passes_against_broker_allow_devices(f
     assert result.passed, (result.verdict, result.mismatches, result.failures)
     assert result.verdict == ("result: PASS, 5 checks skipped: attacker:revoked, attacker:inactive, "
                               "attacker:unregistered, delivery of acknowledged QoS 1 messages, end-to-end latency")
+
+
+def test_the_built_in_command_response_scenario_answers_commands(fleet, gateway):
+    result = run_fleet(FleetPlan(target="gateway", endpoint=Endpoint("127.0.0.1", gateway.port, "localhost"),
+                                 devices=3, duration=3.0, scenario=load_scenario("command-response"),
+                                 local=LocalPKI(fleet.store, fleet.registry, fleet.store.load_issuer(), fleet.now)))
+    assert result.passed, result.verdict
+    summary = result.report["summary"]
+    assert summary["commands_answered"] > 0 and result.report["latency"]["command"]["count"] > 0, summary

@@ -167,3 +167,20 @@ def test_an_exception_names_the_innermost_part():
     with pytest.raises(RunPartError, match="failed in its publishers part: RuntimeError: bug") as info:
         asyncio.run(guarded("devices", device()))
     assert info.value.part == "publishers" and info.value.exit_code == 3
+
+
+def test_a_skipped_check_has_its_own_colour_and_place_in_the_html_report(tmp_path):
+    from devices.report import group_summary, write_html
+
+    observations = [Observation("attacker:revoked", "r1", "refused", O.SKIPPED, skipped="no registry"), obs(O.CLOSED)]
+    verdict = run_verdict(observations, [Check("attacker:revoked", CheckStatus.SKIPPED, "no registry")], [])
+    report = {"scenario": "s", "target": "mosquitto", "endpoint": "127.0.0.1:1", "connector": "native",
+              "passed": verdict.passed, "result": "PASS", "verdict": verdict.line,
+              "summary": {"devices": 0, "attackers": 2, "seconds": 1.0, "connects": 1, "connects_per_s": 1.0,
+                          "messages": 0, "messages_per_s": 0.0},
+              "latency": {}, "refusals": refusals(observations), "groups": group_summary(observations),
+              "checks": [{"check": "attacker:revoked", "status": "skipped", "detail": "no registry"}],
+              "mismatches": [], "failures": [], "slo": [], "notes": []}
+    text = write_html(tmp_path / "r.html", report, None).read_text()
+    assert "<tr class=\"skipped\"><td>attacker:revoked</td>" in text and ".skipped{background:" in text
+    assert "result: PASS, 1 check skipped: attacker:revoked" in text
