@@ -38,12 +38,14 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from certs.authority import utcnow
-from devices.attackers import VICTIM_KINDS, AttackerFactory, AttackersPart, plan_attackers
+from devices.attackers import VICTIM_KINDS, AttackerFactory, AttackersPart, Planned, plan_attackers
 from devices.chaos import ChaosPart
 from devices.connectors import get_connector
 from devices.fleet_devices import DeviceFleet, SimDevice
+from devices.identity import DeviceIdentity
 from devices.operator import Operator, observable
 from devices.plan import (TARGETS, FleetError, FleetPlan, LocalPKI, RunPartError, TargetError, UpstreamControl,
                           check_endpoint, parse_endpoint, parse_rate)
@@ -57,6 +59,13 @@ __all__ = ["TARGETS", "FleetError", "FleetPlan", "FleetResult", "FleetRunner", "
            "TargetError", "UpstreamControl", "check_endpoint", "parse_endpoint", "parse_rate", "run_fleet"]
 
 OPERATOR_READY_TIMEOUT = 20.0
+
+
+class Prepared(NamedTuple):
+    probe: DeviceIdentity
+    operator: DeviceIdentity | None
+    attackers: list[Planned]
+    victim: DeviceIdentity | None
 
 
 class FleetRunner:
@@ -89,11 +98,12 @@ class FleetRunner:
         setup = await asyncio.to_thread(guarded_call, "setup", self._prepare)
         probe_identity, operator_identity, planned, victim = setup
         level = scenario.session.protocol
+        # a CONNACK refusal of the probe is tried again for a while: the identities made above may not have
+        # reached the target yet, and a target may throttle CONNECTs per client id (AWS IoT: 1/s)
+        settle = max(2.0, 3 * scenario.registry_propagation)
         if plan.local is not None:
             await asyncio.sleep(scenario.registry_propagation)   # the target sees the identities made above
-        await guarded("probe", prove_target(probe_identity, plan.endpoint, level=level,
-                                            refused_for=max(2.0, 3 * scenario.registry_propagation) if plan.local
-                                            else 0.0))
+        await guarded("probe", prove_target(probe_identity, plan.endpoint, level=level, refused_for=settle))
 
         fleet = DeviceFleet(ctx, self.devices, connector=self.connector, endpoint=plan.endpoint, rng=self.rng,
                             reconnect_within=scenario.reconnect_within)
@@ -131,11 +141,12 @@ class FleetRunner:
         elapsed = ctx.elapsed()
         if self.plan.on_tick is not None:
             guarded_call("live display", self.plan.on_tick, self.snapshot())
-        await guarded("probe", prove_target(probe_identity, plan.endpoint, level=level, when="after the run"))
+        await guarded("probe", prove_target(probe_identity, plan.endpoint, level=level, when="after the run",
+                                            refused_for=settle))
         return guarded_call("report", build_result, plan, ctx, self.devices, operator, attackers.observations,
                             chaos.checks, elapsed=elapsed, errors=self.errors)
 
-    def _prepare(self):
+    def _prepare(self) -> Prepared:
         ids = self.identities
         plan = self.plan
         fleet = ids.fleet()
@@ -148,7 +159,7 @@ class FleetRunner:
         if factory is not None and plan.local is not None and any(
                 p.attacker is not None and p.attacker.kind in VICTIM_KINDS for p in planned):
             victim = factory.victim()
-        return probe, operator, planned, victim
+        return Prepared(probe, operator, planned, victim)
 
     async def _timeline(self, chaos_task: asyncio.Task, attackers: AttackersPart, operator: Operator | None) -> None:
         ctx, scenario = self.ctx, self.scenario
