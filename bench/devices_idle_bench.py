@@ -48,7 +48,7 @@ from devices.limits import raise_open_file_limit, source_addresses  # noqa: E402
 from devices.transport import Endpoint  # noqa: E402
 from gateway.registry import Registry  # noqa: E402
 from gateway.upstream.mosquitto import BrokerConfig, MosquittoProcess, free_port  # noqa: E402
-from iotgate.provisioning import ensure_policy, provision_fleet, register_own_cas, thing_names  # noqa: E402
+from devices.provisioning import ensure_policy, provision_fleet, register_own_cas, thing_names  # noqa: E402
 
 CACHE = ROOT / "bench" / ".cache" / "device-fleet"
 PREFIX = "dev-"

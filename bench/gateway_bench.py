@@ -32,7 +32,7 @@ from certs.store import PKIStore
 from gateway.mqtt import Connect, Framer, PacketType, decode, encode
 from gateway.registry import Registry
 from gateway.upstream.mosquitto import BrokerConfig, MosquittoProcess, free_port
-from iotgate.provisioning import ensure_policy, provision_fleet, register_own_cas, thing_names
+from devices.provisioning import ensure_policy, provision_fleet, register_own_cas, thing_names
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

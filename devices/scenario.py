@@ -34,6 +34,7 @@ A scenario is a TOML document (``tomllib``)::
     [[attackers]]
     kind = "foreign-ca"           # see ATTACKER_KINDS
     count = 1
+    # ca_cert = "old-vendor-ca.pem" # foreign-ca only: sign with this CA (and ca_key) instead of a new one
 
     [[chaos]]
     kind = "abort"                # disconnect | abort | upstream-kill
@@ -144,6 +145,8 @@ class AttackerGroup:
     protocol: int = 5
     connects: int = 20          # connect-flood: CONNECTs fired at once
     timeout: float = 15.0       # how long an attacker waits for the refusal
+    ca_cert: str = ""           # foreign-ca: sign with this CA (certificate and key files) instead of a new one
+    ca_key: str = ""
 
     @property
     def name(self) -> str:
@@ -178,6 +181,7 @@ class Scenario:
     registry_propagation: float = 1.0
     drain: float = 5.0
     description: str = ""
+    session: SessionSettings = SessionSettings()   # the [session] table: every group's defaults, the operator's
 
     @property
     def chaos_end(self) -> float | None:
@@ -357,8 +361,15 @@ def _attacker(table: Any, path: str, session: SessionSettings) -> AttackerGroup:
         protocol=r.integer("protocol", session.protocol, choices=(4, 5)),  # default: the scenario's [session]
         connects=r.integer("connects", 20, lo=2, hi=MAX_FLOOD_CONNECTS),
         timeout=r.number("timeout", 15.0, lo=0.1, hi=300),
+        ca_cert=r.get("ca_cert", str, ""),
+        ca_key=r.get("ca_key", str, ""),
     )
     r.done()
+    if (a.ca_cert or a.ca_key) and a.kind != "foreign-ca":
+        raise _err(r.key("ca_cert" if a.ca_cert else "ca_key"), 'is for kind = "foreign-ca" only')
+    if bool(a.ca_cert) != bool(a.ca_key):
+        raise _err(r.key("ca_key" if a.ca_cert else "ca_cert"), "ca_cert and ca_key go together: the CA's "
+                                                                  "certificate and its private key")
     return a
 
 
@@ -400,6 +411,7 @@ def parse_scenario(data: Mapping[str, Any], *, default_name: str = "scenario") -
         registry_propagation=r.number("registry_propagation", 1.0, lo=0.0, hi=60),
         drain=r.number("drain", 5.0, lo=0.0, hi=120),
         description=r.get("description", str, ""),
+        session=session,
     )
     r.done()
     if not groups and not attackers:
@@ -446,7 +458,11 @@ def load_scenario(spec: str) -> Scenario:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ScenarioError(f"{path}: not UTF-8 text") from None
-    return loads_scenario(text, source=str(path))
+    scenario = loads_scenario(text, source=str(path))
+    # files named by the scenario are relative to it
+    attackers = tuple(dataclasses.replace(a, ca_cert=str(path.parent / a.ca_cert), ca_key=str(path.parent / a.ca_key))
+                      if a.ca_cert else a for a in scenario.attackers)
+    return dataclasses.replace(scenario, attackers=attackers)
 
 
 # --------------------------------------------------------------------------------------------- arithmetic

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from certs.errors import IotgateError
 from gateway.cli import broker, gateway
@@ -35,11 +36,39 @@ for group in (pki.pki, cert.cert, ca.ca, thing.thing, policy.policy, authorizer.
     cli.add_command(group)
 
 
+# `--home` and `--registry` belong to `iotgate`, but users write them after the command too
+# (`iotgate thing list --home X`): every command accepts them there and they win over the ones before.
+def _late(field: str):
+    def store(ctx: click.Context, _param: click.Parameter, value) -> None:
+        if value is not None:
+            setattr(ctx.find_object(AppContext), field, value)
+    return store
+
+
+def _accept_global_options(command: click.Command) -> None:
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _accept_global_options(sub)
+        return
+    command.params.append(click.Option(["--home"], type=click.Path(file_okay=False, path_type=Path),
+                                       expose_value=False, is_eager=True, callback=_late("home"),
+                                       help="Same as `iotgate --home DIR` (allowed here too)."))
+    command.params.append(click.Option(["--registry"], metavar="URL", expose_value=False, is_eager=True,
+                                       callback=_late("registry_url"),
+                                       help="Same as `iotgate --registry URL` (allowed here too)."))
+
+
+for group in cli.commands.values():
+    _accept_global_options(group)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         code = cli.main(args=argv, prog_name="iotgate", standalone_mode=False)
     except IotgateError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
+        for note in getattr(exc, "__notes__", ()):
+            err_console.print(f"  {escape(note)}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         err_console.print("aborted")

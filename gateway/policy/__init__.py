@@ -3,7 +3,7 @@
 No I/O: documents come in as text or mappings, identities as values, answers go out as values.
 """
 
-from gateway.policy.document import PolicyDocument, Statement, parse_policy
+from gateway.policy.document import PolicyDocument, Statement, check_request, parse_policy
 from gateway.policy.engine import CompiledPolicies, DecisionCache, compile_policies, evaluate
 from gateway.policy.errors import PolicyError
 from gateway.policy.lint import Finding, lint
@@ -22,6 +22,7 @@ __all__ = [
     "Request",
     "Statement",
     "ThingInfo",
+    "check_request",
     "compile_policies",
     "evaluate",
     "lint",

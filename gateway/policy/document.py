@@ -546,3 +546,57 @@ def _check_value(at: str, base: str, v: str, fail) -> None:
     elif base in ARN_OPS:
         if v != "*" and not v.startswith("arn:") and "${" not in v:
             raise fail(at, f'{json.dumps(v)} is not an ARN; ARN operators compare arn:partition:service:region:account:resource')
+
+
+# --------------------------------------------------------------------------------------------- requests
+
+# The resource type an action is decided on (AWS IoT's data-plane actions).
+ACTION_RESOURCE_TYPES = {
+    "iot:connect": "client", "iot:deleteconnection": "client",
+    "iot:publish": "topic", "iot:receive": "topic", "iot:retainpublish": "topic",
+    "iot:getretainedmessage": "topic", "iot:listretainedmessages": "topic",
+    "iot:subscribe": "topicfilter",
+    "iot:deletethingshadow": "thing", "iot:getthingshadow": "thing", "iot:updatethingshadow": "thing",
+    "iot:listnamedshadowsforthing": "thing",
+    "iot:describejobexecution": "thing", "iot:getpendingjobexecutions": "thing",
+    "iot:startnextpendingjobexecution": "thing", "iot:updatejobexecution": "thing",
+    "iotjobsdata:describejobexecution": "thing", "iotjobsdata:getpendingjobexecutions": "thing",
+    "iotjobsdata:startnextpendingjobexecution": "thing", "iotjobsdata:updatejobexecution": "thing",
+    "iot:assumerolewithcertificate": "rolealias",
+}
+
+
+def check_request(action: str, resource: str) -> tuple[str, str]:
+    """Validate one authorization question (``policy test``) as ``parse_policy`` validates a statement: the
+    action must be a known AWS IoT action, and the resource ``<type>/<name>`` (or a full ARN) of the type that
+    action is decided on. Returns the canonical action and the resource; PolicyError says what to write."""
+
+    def fail(where: str, problem: str) -> PolicyError:
+        return PolicyError(where, problem)
+
+    if action == "*" or has_wildcard(action):
+        raise fail("--action", f'"{action}": a request names one action, e.g. "iot:Publish"')
+    lowered = _check_action("--action", action, fail)
+    canonical = CANONICAL_ACTIONS[lowered]
+    wanted = ACTION_RESOURCE_TYPES.get(lowered)
+    if resource.startswith("arn:"):
+        pattern = _parse_arn("--resource", resource, False, fail)
+        part = _literal(list(pattern.components[5])) or ""
+        rtype = part.partition("/")[0]
+    else:
+        rtype, slash, name = resource.partition("/")
+        if not slash or rtype not in RESOURCE_TYPES:
+            hint = f'; did you mean "{wanted}/{resource}"?' if wanted else ""
+            close = difflib.get_close_matches(rtype, sorted(RESOURCE_TYPES), n=1) if slash else []
+            if close and slash:
+                hint = f'; did you mean "{close[0]}/{name}"?'
+            raise fail("--resource", f'"{resource}" is not <type>/<name> of an AWS IoT resource (client/ID, '
+                                     f"topic/NAME, topicfilter/FILTER, thing/NAME){hint}")
+        if not name:
+            raise fail("--resource", f'"{resource}" names no {rtype}')
+    if wanted and rtype != wanted:
+        name = resource.partition("/")[2] if not resource.startswith("arn:") else ""
+        hint = f'; did you mean "{wanted}/{name}"?' if name else ""
+        raise fail("--resource", f"{canonical} is decided on a {wanted} resource, not on {rtype} "
+                                 f"(\"{resource}\"){hint}")
+    return canonical, resource

@@ -9,7 +9,7 @@ import click
 from certs.authority import cert_pem, certificate_id, is_ca, issued_by, load_certificates
 from gateway.registry import CA, NotFound
 from iotgate.context import AppContext, console, emit_json, emit_table, json_option, pass_app, when
-from iotgate.provisioning import ProvisioningError
+from devices.provisioning import ProvisioningError
 
 
 @click.group()

@@ -14,7 +14,7 @@ from certs.keys import KeyType
 from devices.identity import DeviceFiles, make_key_and_csr, rotate_device_files
 from gateway.registry import Certificate, NotFound
 from iotgate.context import AppContext, console, emit_json, emit_table, json_option, pass_app, when
-from iotgate.provisioning import ProvisioningError, ensure_policy, register_certificate, rewrite_crl, sign_csr
+from devices.provisioning import ProvisioningError, ensure_policy, register_certificate, rewrite_crl, sign_csr
 
 STATUSES = ("ACTIVE", "INACTIVE", "REVOKED", "PENDING_ACTIVATION")
 

@@ -3,15 +3,31 @@ AWS IoT Core."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 
+from certs.errors import IotgateError
 from certs.keys import KeyType
 from iotgate.context import AppContext, console, emit_json, pass_app
-from iotgate.provisioning import default_workers, ensure_policy, provision_fleet, thing_names
+from devices.provisioning import default_workers, ensure_policy, provision_fleet, thing_names
+
+
+class Interrupted(IotgateError):
+    exit_code = 130
+
+
+def _check_prefix(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9:_-]*", value):
+        bad = sorted({c for c in value if not re.fullmatch(r"[A-Za-z0-9:_-]", c)})
+        raise click.BadParameter(f"{value!r} holds {' '.join(repr(c) for c in bad)}: thing names may hold letters, "
+                                 "digits, ':', '_' and '-' only (each becomes a folder name under devices/)")
+    if len(value) > 128 - 5:
+        raise click.BadParameter(f"{value!r} is too long: a thing name is at most 128 characters")
+    return value
 
 
 @click.group()
@@ -21,7 +37,8 @@ def fleet() -> None:
 
 @fleet.command("provision")
 @click.option("--count", type=click.IntRange(min=1, max=1_000_000), required=True, help="Number of devices.")
-@click.option("--prefix", default="device-", show_default=True, help="Thing names are PREFIX00001, ...")
+@click.option("--prefix", default="device-", show_default=True, callback=lambda ctx, param, value: _check_prefix(value),
+              help="Thing names are PREFIX00001, ... (letters, digits, ':', '_' and '-').")
 @click.option("--start", type=click.IntRange(min=0), default=1, show_default=True, help="First device number.")
 @click.option("--policy", "policy", metavar="NAME|FILE",
               help="Policy to attach: a registered name or a JSON file (registered under its file name). "
@@ -46,12 +63,23 @@ def provision(app: AppContext, count: int, prefix: str, start: int, policy: str 
     policy_name = ensure_policy(registry, policy)
     names = thing_names(prefix, count, start)
     workers = workers or default_workers()
-    with Progress(TextColumn("provisioning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console, transient=True, disable=as_json) as progress:
-        task = progress.add_task("devices", total=len(names))
-        report = provision_fleet(store, registry, issuer, names, policies=[policy_name], key_type=key_type,
-                                 workers=workers, now=app.clock(), days=days,
-                                 on_progress=lambda n: progress.advance(task, n))
+    registered = 0
+
+    def advance(n: int) -> None:
+        nonlocal registered
+        registered += n
+        progress.advance(task, n)
+
+    try:
+        with Progress(TextColumn("provisioning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), console=console, transient=True, disable=as_json) as progress:
+            task = progress.add_task("devices", total=len(names))
+            report = provision_fleet(store, registry, issuer, names, policies=[policy_name], key_type=key_type,
+                                     workers=workers, now=app.clock(), days=days, on_progress=advance)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: {registered:,} of {len(names):,} device(s) registered; run the same command "
+                          "again to finish (registered things are skipped; device folders written without their "
+                          "registration are issued again)") from None
     rate = report.issued / report.seconds if report.seconds and report.issued else 0.0
     if as_json:
         emit_json({"requested": report.requested, "issued": report.issued, "skipped": report.skipped,
@@ -69,13 +97,13 @@ def _live_table(snapshot: dict, previous: dict | None, interval: float):
     from rich.table import Table
 
     table = Table(title=f"fleet run: {snapshot['elapsed']:.1f} s", title_justify="left")
-    for column in ("connected", "connects/s", "messages/s", "refusals by reason"):
+    for column in ("connected", "connects/s", "messages/s", "failed connects and drops by reason"):
         table.add_column(column)
     dt_ = max(snapshot["elapsed"] - (previous or {}).get("elapsed", 0.0), 1e-9) if previous else interval
     cps = (snapshot["connects"] - (previous or {}).get("connects", 0)) / dt_
     mps = (snapshot["messages"] - (previous or {}).get("messages", 0)) / dt_
-    refusals = "\n".join(f"{n:>5}  {reason}" for reason, n in snapshot["refusals"].items()) or "-"
-    table.add_row(f"{snapshot['connected']}/{snapshot['devices']}", f"{cps:,.1f}", f"{mps:,.1f}", refusals)
+    failures = "\n".join(f"{n:>5}  {reason}" for reason, n in snapshot["failures"].items()) or "-"
+    table.add_row(f"{snapshot['connected']}/{snapshot['devices']}", f"{cps:,.1f}", f"{mps:,.1f}", failures)
     return table
 
 
@@ -96,6 +124,10 @@ def _live_table(snapshot: dict, previous: dict | None, interval: float):
 @click.option("--connector", type=click.Choice(["native", "paho", "aiomqtt", "awsiotsdk"]), default="native",
               show_default=True, help="MQTT client stack every device uses.")
 @click.option("--slo", default=None, metavar="GATES", help='Pass/fail gates, e.g. "connack_p99<500ms,errors=0".')
+@click.option("--strict", is_flag=True, help="A check that could not run on this target fails the run.")
+@click.option("--keep-identities", is_flag=True,
+              help="Keep the run's own certificates (operator, probe, attackers) ACTIVE and their files, for a look "
+                   "afterwards; by default they are detached and deactivated at the end.")
 @click.option("--server-name", default=None, help="Name the server certificate must carry (default: the host).")
 @click.option("--ca-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="CA for the server (default: the home's root; for AWS: Amazon Root CA 1).")
@@ -103,20 +135,23 @@ def _live_table(snapshot: dict, previous: dict | None, interval: float):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 @pass_app
 def run(app: AppContext, target: str, endpoint: str, device_count: int, rate: str | None, duration: float | None,
-        scenario_spec: str, report_dir: Path | None, connector: str, slo: str | None, server_name: str | None,
-        ca_file: Path | None, seed: int, as_json: bool) -> None:
+        scenario_spec: str, report_dir: Path | None, connector: str, slo: str | None, strict: bool,
+        keep_identities: bool, server_name: str | None, ca_file: Path | None, seed: int, as_json: bool) -> None:
     """Simulate a fleet: devices, attackers and chaos from a scenario; compare outcomes with expectations.
 
-    Exit code 0 when every group met its expectation (and every --slo gate passed), 1 otherwise.
+    Exit code 0: PASS, every group met its expectation on evidence and every --slo gate passed (skipped checks are
+    listed; --strict fails them). 1: FAIL (a mismatch, an inconclusive outcome, a failed check or gate). 2: the run
+    could not start, or the target did not prove it answers a legitimate device. 3: a part of the run failed
+    (the error names it).
     """
     import sys
 
     from rich.live import Live
 
     from devices.client import Endpoint
-    from devices.fleet import FleetError, FleetPlan, LocalPKI, check_endpoint, parse_endpoint, parse_rate, \
-        run_fleet
-    from devices.report import parse_slo, write_histogram_png, write_html, write_json
+    from devices.fleet import (FleetError, FleetPlan, LocalPKI, RunPartError, TargetError, check_endpoint,
+                               parse_endpoint, parse_rate, run_fleet)
+    from devices.report import parse_slo
     from devices.scenario import load_scenario
 
     try:
@@ -148,24 +183,25 @@ def run(app: AppContext, target: str, endpoint: str, device_count: int, rate: st
 
     plan = FleetPlan(target=target, endpoint=ep, devices=device_count, scenario=scenario, duration=duration,
                      rate=connects_per_s, connector=connector, local=local, devices_dir=devices_dir,
-                     ca_file=str(ca_file) if ca_file else None, slo=gates, seed=seed, on_tick=on_tick)
+                     ca_file=str(ca_file) if ca_file else None, slo=gates, seed=seed, strict=strict,
+                     keep_identities=keep_identities, on_tick=on_tick)
     show_live = not as_json and sys.stdout.isatty()
     try:
-        if show_live:
-            with Live(console=console, refresh_per_second=4, transient=True) as live:
+        try:
+            if show_live:
+                with Live(console=console, refresh_per_second=4, transient=True) as live:
+                    result = run_fleet(plan)
+            else:
                 result = run_fleet(plan)
-        else:
-            result = run_fleet(plan)
-    except FleetError as exc:
-        raise click.UsageError(str(exc)) from None
+        except FleetError as exc:
+            raise click.UsageError(str(exc)) from None
+    except (TargetError, RunPartError) as exc:
+        if report_dir is not None:
+            _write_error_report(report_dir, plan, exc)
+        raise
     report = result.report
     if report_dir is not None:
-        report_dir.mkdir(parents=True, exist_ok=True)
-        png = write_histogram_png(report_dir / "latency.png", result.samples, f"{scenario.name}: latency")
-        report["files"] = {"json": str(report_dir / "report.json"), "html": str(report_dir / "report.html"),
-                           "png": str(png) if png else None}
-        write_json(report_dir / "report.json", report)
-        write_html(report_dir / "report.html", report, png.name if png else None)
+        _write_report(report_dir, report, result.samples, scenario.name)
     if as_json:
         emit_json(report)
     else:
@@ -174,22 +210,59 @@ def run(app: AppContext, target: str, endpoint: str, device_count: int, rate: st
         raise SystemExit(1)
 
 
+def _write_report(report_dir: Path, report: dict, samples: dict, name: str) -> None:
+    from devices.report import write_histogram_png, write_html, write_json
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    png = write_histogram_png(report_dir / "latency.png", samples, f"{name}: latency")
+    if png is None:
+        (report_dir / "latency.png").unlink(missing_ok=True)
+    report["files"] = {"json": str(report_dir / "report.json"), "html": str(report_dir / "report.html"),
+                       "png": str(png) if png else None}
+    write_json(report_dir / "report.json", report)
+    write_html(report_dir / "report.html", report, png.name if png else None)
+
+
+def _write_error_report(report_dir: Path, plan, exc: Exception) -> None:
+    """A run without a verdict still replaces an earlier report: nobody may read an old PASS as this run's."""
+    from devices.report import write_html, write_json
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "latency.png").unlink(missing_ok=True)
+    report = {"scenario": plan.scenario.name, "target": plan.target,
+              "endpoint": f"{plan.endpoint.host}:{plan.endpoint.port}", "connector": plan.connector, "passed": False,
+              "result": "ERROR", "verdict": f"result: ERROR: {exc}", "error": str(exc)}
+    write_json(report_dir / "report.json", report)
+    write_html(report_dir / "report.html", report, None)
+
+
+_RESULT = {"ok": "[green]as expected[/]", "skipped": "[yellow]skipped[/]"}
+
+
 def _print_report(report: dict) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     s = report["summary"]
-    console.print(f"[bold]{report['scenario']}[/] against {report['target']} {report['endpoint']} "
+    console.print(f"[bold]{escape(report['scenario'])}[/] against {report['target']} {report['endpoint']} "
                   f"({report['connector']}): {s['devices']} devices, {s['attackers']} attackers, "
                   f"{s['seconds']:.1f} s; {s['connects']} connects ({s['connects_per_s']:.1f}/s), "
-                  f"{s['messages']} messages ({s['messages_per_s']:.1f}/s)")
+                  f"{s['messages']} messages ({s['messages_per_s']:.1f}/s)"
+                  + (f"; {s['commands_answered']} of {s['commands_sent']} commands answered"
+                     if s["commands_sent"] else ""))
     table = Table(title="outcome versus expectation", title_justify="left")
-    for column in ("group", "expected", "members", "allowed", "refused", "skipped", "result", "seen"):
+    for column in ("group", "expected", "members", "allowed", "refused", "inconclusive", "skipped", "result", "seen"):
         table.add_column(column, overflow="fold")
     for g in report["groups"]:
-        result = "[green]as expected[/]" if g["ok"] else f"[bold red]{g['mismatches']} mismatch(es)[/]"
+        if g["result"] in _RESULT:
+            result = _RESULT[g["result"]]
+        elif g["mismatches"]:
+            result = f"[bold red]{g['mismatches']} mismatch(es)[/]"
+        else:
+            result = f"[bold red]{g['inconclusive'] + g['errors']} inconclusive[/]"
         seen = "; ".join(f"{k} x{v}" for k, v in list(g["details"].items())[:2])
         table.add_row(g["group"], g["expect"], str(g["members"]), str(g["allowed"]), str(g["refused"]),
-                      str(g["skipped"]), result, seen)
+                      str(g["inconclusive"] + g["errors"]), str(g["skipped"]), result, escape(seen))
     console.print(table)
     lat = Table(title="latency (ms)", title_justify="left")
     for column in ("phase", "count", "p50", "p90", "p99", "max"):
@@ -198,12 +271,24 @@ def _print_report(report: dict) -> None:
         if v["count"]:
             lat.add_row(phase, str(v["count"]), *(f"{v[k]:.2f}" for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")))
     console.print(lat)
+    for check in report["checks"]:
+        if check["status"] == "skipped":
+            console.print(f"[yellow]skipped:[/] {escape(check['check'])}: {escape(check['detail'])}", soft_wrap=True)
+        elif check["status"] == "failed":
+            console.print(f"[bold red]check failed:[/] {escape(check['check'])}: {escape(check['detail'])}",
+                          soft_wrap=True)
     for gate in report["slo"]:
         mark = "[green]pass[/]" if gate["passed"] else "[bold red]FAIL[/]"
-        console.print(f"slo {gate['gate']}: {mark} (value {gate['value']})")
+        console.print(f"slo {escape(gate['gate'])}: {mark} (value {gate['shown']})")
     for note in report["notes"]:
-        console.print(f"note: {note}")
+        console.print(f"note: {escape(note)}", soft_wrap=True)
     for m in report["mismatches"]:
-        console.print(f"[bold red]mismatch:[/] {m}", soft_wrap=True)
-    verdict = "[bold green]PASS[/]" if report["passed"] else "[bold red]FAIL[/]"
-    console.print(f"result: {verdict}" + (f"; report in {report['files']['html']}" if report.get("files") else ""))
+        console.print(f"[bold red]mismatch:[/] {escape(m)}", soft_wrap=True)
+    for f in report["failures"]:
+        console.print(f"[bold red]inconclusive:[/] {escape(f)}", soft_wrap=True)
+    for e in report["errors"]:
+        console.print(f"[bold red]error:[/] {escape(e)}", soft_wrap=True)
+    line = escape(report["verdict"])
+    line = line.replace("result: PASS", "result: [bold green]PASS[/]", 1).replace("result: FAIL",
+                                                                                  "result: [bold red]FAIL[/]", 1)
+    console.print(line + (f"; report in {report['files']['html']}" if report.get("files") else ""), soft_wrap=True)

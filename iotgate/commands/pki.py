@@ -11,7 +11,7 @@ from certs.keys import KeyType
 from certs.store import PASSPHRASE_ENV
 from gateway.registry import NotFound
 from iotgate.context import AppContext, console, emit_json, json_option, pass_app, when
-from iotgate.provisioning import register_own_cas, rewrite_crl
+from devices.provisioning import register_own_cas, rewrite_crl
 
 
 @click.group()

@@ -8,11 +8,11 @@ from pathlib import Path
 import click
 
 from certs.authority import load_certificates
-from gateway.policy import Identity, PolicyError, Request, ThingInfo, compile_policies, lint, parse_policy, \
-    test_authorization_response
+from gateway.policy import Identity, PolicyError, Request, ThingInfo, check_request, compile_policies, lint, \
+    parse_policy, test_authorization_response
 from gateway.registry import Certificate, NotFound, Policy, PolicyVersion, Registry
 from iotgate.context import AppContext, console, emit_json, emit_table, json_option, pass_app, when
-from iotgate.provisioning import ProvisioningError, read_text
+from devices.provisioning import ProvisioningError, read_text
 
 
 @click.group()
@@ -210,7 +210,11 @@ def _principal(registry: Registry, thing: str | None, cert_id: str | None) -> Ce
 @pass_app
 def test(app: AppContext, thing: str | None, cert_id: str | None, action: str, resource: str,
          client_id: str | None, source_ip: str | None, region: str, account: str, as_json: bool) -> None:
-    """Decide one request as AWS IoT would: ALLOW (exit 0) or DENY (exit 1), and which statement decided."""
+    """Decide one request as AWS IoT would: ALLOW (exit 0) or DENY (exit 1), and which statement decided.
+
+    An unknown action or a resource without its type (topic/, topicfilter/, client/, thing/) is refused with exit
+    2, as `policy create` refuses it in a document."""
+    action, resource = check_request(action, resource)
     registry = app.registry()
     principal = _principal(registry, thing, cert_id)
     attached = registry.list_attached_policies(principal.certificate_id)

@@ -31,7 +31,7 @@ from gateway.mqtt import Framer, decode
 from gateway.registry import Registry
 from gateway.server import GatewayThread
 from gateway.upstream.mosquitto import BrokerConfig, MosquittoProcess, free_port
-from iotgate.provisioning import DEFAULT_POLICY, DEFAULT_POLICY_NAME, register_certificate, register_own_cas
+from devices.provisioning import DEFAULT_POLICY, DEFAULT_POLICY_NAME, register_certificate, register_own_cas
 
 WAIT = 5.0
 

@@ -28,7 +28,7 @@ from devices.transport import Endpoint, session_context
 from gateway.mqtt import ConnectReturnCode, PingReq, PingResp, Publish, ReasonCode, Will
 from gateway.registry import Registry
 from gateway.upstream.mosquitto import BrokerConfig, MosquittoProcess, free_port
-from iotgate.provisioning import ensure_policy, provision_fleet, register_own_cas, thing_names
+from devices.provisioning import ensure_policy, provision_fleet, register_own_cas, thing_names
 
 TRANSPORTS = ["membio", "stdlib"]
 LEVELS = [pytest.param(4, id="v311"), pytest.param(5, id="v5")]

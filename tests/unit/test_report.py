@@ -7,7 +7,7 @@ import json
 import pytest
 
 from devices.fleet import FleetError, check_endpoint, parse_endpoint, parse_rate
-from devices.report import (Gate, LatencyStats, Observation, SLOError, check_slo, group_summary, histogram,
+from devices.report import (Gate, LatencyStats, Observation, Outcome, SLOError, check_slo, group_summary, histogram,
                             mismatches, parse_slo, percentile, write_histogram_png, write_html, write_json)
 
 PERCENTILES = [
@@ -80,12 +80,12 @@ def test_check_slo():
 
 
 OBS = [
-    Observation("sensors", "d1", "allowed", "allowed"),
-    Observation("sensors", "d2", "allowed", "refused", "CONNACK NOT_AUTHORIZED (0x87)"),
-    Observation("sensors", "d3", "allowed", "allowed", problems=("lost QoS 1 sequence number(s) 4",)),
-    Observation("attacker:expired", "a1", "refused", "refused", "tls: CERTIFICATE_EXPIRED"),
-    Observation("attacker:revoked", "a2", "refused", "allowed", "connected"),
-    Observation("attacker:revoked", "a3", "refused", "refused", skipped="not enforced by a bare broker"),
+    Observation("sensors", "d1", "allowed", Outcome.ALLOWED),
+    Observation("sensors", "d2", "allowed", Outcome.REFUSED_MQTT, "CONNACK NOT_AUTHORIZED (0x87)"),
+    Observation("sensors", "d3", "allowed", Outcome.ALLOWED, problems=("lost QoS 1 sequence number(s) 4",)),
+    Observation("attacker:expired", "a1", "refused", Outcome.REFUSED_TLS, "tls: CERTIFICATE_EXPIRED"),
+    Observation("attacker:revoked", "a2", "refused", Outcome.ALLOWED, "connected"),
+    Observation("attacker:revoked", "a3", "refused", Outcome.SKIPPED, skipped="not enforced by a bare broker"),
 ]
 
 
@@ -100,8 +100,8 @@ def test_mismatches_name_each_member():
 def test_group_summary():
     by = {g["group"]: g for g in group_summary(OBS)}
     assert by["sensors"] | {"details": None} == {"group": "sensors", "expect": "allowed", "members": 3, "allowed": 2,
-                                                 "refused": 1, "skipped": 0, "mismatches": 2, "details": None,
-                                                 "ok": False}
+                                                 "refused": 1, "inconclusive": 0, "errors": 0, "skipped": 0,
+                                                 "mismatches": 2, "details": None, "ok": False, "result": "mismatch"}
     assert by["attacker:expired"]["ok"] and not by["attacker:revoked"]["ok"]
     assert by["attacker:revoked"]["skipped"] == 1
 

@@ -187,3 +187,26 @@ def test_the_shipped_example_scenario_uses_every_attacker_kind():
     scenario = load_scenario(str(path))
     assert {a.kind for a in scenario.attackers} == set(ATTACKER_KINDS)
     assert scenario.chaos and scenario.rotations
+
+
+def test_a_foreign_ca_of_the_scenario_is_read_relative_to_it(tmp_path):
+    from devices.scenario import ScenarioError, load_scenario, loads_scenario
+
+    text = '[[attackers]]\nkind = "foreign-ca"\nca_cert = "ca.pem"\nca_key = "ca.key"\n'
+    (tmp_path / "s.toml").write_text(text)
+    [attacker] = load_scenario(str(tmp_path / "s.toml")).attackers
+    assert (attacker.ca_cert, attacker.ca_key) == (str(tmp_path / "ca.pem"), str(tmp_path / "ca.key"))
+    with pytest.raises(ScenarioError, match="attackers\\[0\\].ca_key: ca_cert and ca_key go together"):
+        loads_scenario('[[attackers]]\nkind = "foreign-ca"\nca_cert = "ca.pem"\n')
+    with pytest.raises(ScenarioError, match='attackers\\[0\\].ca_cert: is for kind = "foreign-ca" only'):
+        loads_scenario('[[attackers]]\nkind = "revoked"\nca_cert = "a"\nca_key = "b"\n')
+
+
+def test_the_shipped_plain_broker_scenario_parses():
+    from pathlib import Path
+
+    from devices.scenario import load_scenario
+
+    path = Path(__file__).resolve().parents[2] / "deploy" / "scenarios" / "plain-broker.toml"
+    scenario = load_scenario(str(path))
+    assert {"revoked", "client-id-spoof", "wildcard-subscribe"} <= {a.kind for a in scenario.attackers}

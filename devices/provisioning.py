@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -192,6 +193,12 @@ def _init_worker(job: _Job) -> None:
     _worker = (job, CertificateAuthority(key, cert, (root,)))
 
 
+def _init_pool_worker(job: _Job) -> None:
+    # Ctrl-C belongs to the parent: it stops the pool; a worker prints no traceback of its own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(job)
+
+
 def _issue_chunk(names: Sequence[str]) -> list[ProvisionItem]:
     assert _worker is not None
     job, issuer = _worker
@@ -240,7 +247,7 @@ def _run(job: _Job, chunks: list[list[str]], workers: int) -> Iterator[list[Prov
         return
     # fork: workers start in milliseconds and share the loaded modules; they touch no registry connection.
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(processes=min(workers, len(chunks)), initializer=_init_worker, initargs=(job,)) as pool:
+    with ctx.Pool(processes=min(workers, len(chunks)), initializer=_init_pool_worker, initargs=(job,)) as pool:
         yield from pool.imap_unordered(_issue_chunk, chunks)
 
 
