@@ -19,7 +19,7 @@ from gateway.auth.authorizers import (AuthorizerConfigError, Credentials, Custom
 from gateway.auth.view import AuthView
 from gateway.registry import Authorizer
 from iotgate.context import AppContext, console, emit_json, emit_table, err_console, json_option, pass_app, when
-from iotgate.provisioning import read_text
+from devices.provisioning import read_text
 
 
 class AuthorizerInputError(IotgateError):

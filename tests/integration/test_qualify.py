@@ -21,7 +21,7 @@ from gateway.auth import AuthView
 from gateway.qualify import (ContextFactory, CoroutineDevice, PolicySource, Qualification, RunResult,
                              ServerProfiles, Verdict, load_suite, parse_suite)
 from gateway.qualify.device import CommandDevice, ExternalDevice
-from iotgate.provisioning import DEFAULT_POLICY_NAME
+from devices.provisioning import DEFAULT_POLICY_NAME
 from tests.qualify_devices import (RawDevice, aiomqtt_device, awsiotsdk_device, fixed_interval_device,
                                    native_device, paho_device, publish_packet, subscribe_packet)
 
