@@ -10,7 +10,7 @@ import click
 
 from certs.errors import IotgateError
 from gateway.cli import broker, gateway
-from iotgate.commands import ca, cert, fleet, pki, policy, thing
+from iotgate.commands import ca, cert, fleet, loadtest, pki, policy, thing
 from iotgate.context import DEFAULT_HOME, AppContext, err_console
 
 
@@ -29,7 +29,8 @@ def cli(ctx: click.Context, home: Path, registry_url: str | None) -> None:
     ctx.call_on_close(app.close)
 
 
-for group in (pki.pki, cert.cert, ca.ca, thing.thing, policy.policy, fleet.fleet, gateway, broker):
+for group in (pki.pki, cert.cert, ca.ca, thing.thing, policy.policy, fleet.fleet, loadtest.loadtest, gateway,
+              broker):
     cli.add_command(group)
 
 
