@@ -23,6 +23,7 @@ Verification cannot be turned off: the link verifies the server's chain and name
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import socket
@@ -253,6 +254,14 @@ def _closed_detail(exc: BaseException | None) -> str:
     return f"{reason}: {exc}" if isinstance(reason, str) and reason else str(exc) or type(exc).__name__
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_tls(exc: BaseException | None) -> bool:
     import ssl
 
@@ -387,10 +396,13 @@ class GeventDevice:
         clock = self.clock
         host, port = self.endpoint.host, self.endpoint.port
         started = clock()
-        try:
-            infos = gevent.socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise TransportError("dns", f"EAI_{exc.errno}", f"{host}: {exc.strerror}") from None
+        if _is_ip(host):
+            infos = [(socket.AF_INET6 if ":" in host else socket.AF_INET, 0, 0, "", (host, port))]
+        else:
+            try:
+                infos = gevent.socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+            except socket.gaierror as exc:
+                raise TransportError("dns", f"EAI_{exc.errno}", f"{host}: {exc.strerror}") from None
         timings.dns = clock() - started
         started = clock()
         error: TransportError | None = None
