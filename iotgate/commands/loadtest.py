@@ -265,7 +265,7 @@ def loadtest(app: AppContext, users: int, spawn_rate: float, run_time: str, work
     master = _locust("--master", "--master-bind-host", master_bind_host, "--master-bind-port", str(port_master),
                      "--expect-workers", str(total_workers), "--users", str(users),
                      "--spawn-rate", f"{spawn_rate:g}", "--run-time", f"{math.ceil(seconds)}s",
-                     "--csv", str(csv_prefix), "--html", str(html), "--exit-code-on-error", str(exit_code_on_error),
+                     "--csv", str(csv_prefix), "--csv-full-history", "--html", str(html), "--exit-code-on-error", str(exit_code_on_error),
                      *(["--headless"] if headless else ["--web-host", web_host, "--web-port", str(web_port)]),
                      *iotgate_args)
 
