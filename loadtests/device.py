@@ -23,7 +23,6 @@ Verification cannot be turned off: the link verifies the server's chain and name
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import os
 import socket
@@ -59,10 +58,12 @@ from devices.client import (
     Unsubscribed,
     keepalive_step,
 )
+from devices.client import _code_name, _exc_detail, _is_tls  # one wording of refusals for both shells
 from devices.identity import DeviceIdentity
 from devices.limits import bind_source
 from devices.transport import DeviceTLS, Endpoint, LinkTimings, MemoryBIOLink, TransportError
-from gateway.mqtt import ConnectReturnCode, Publish, ReasonCode, Subscription
+from devices.transport import _is_ip, _os_error
+from gateway.mqtt import Publish, Subscription
 
 __all__ = ["GeventDevice"]
 
@@ -234,40 +235,6 @@ class _Sink:
             device._on_close(exc)
 
 
-def _os_error(stage: str, exc: OSError) -> TransportError:
-    code = errno.errorcode.get(exc.errno or 0) if exc.errno else None
-    return TransportError(stage, code or type(exc).__name__, exc.strerror or str(exc))
-
-
-def _code_name(level: int, code: int) -> str:
-    try:
-        name = ConnectReturnCode(code).name if level == 4 else ReasonCode(code).name
-    except ValueError:
-        name = "UNKNOWN"
-    return f"{name} (0x{code:02X})"
-
-
-def _closed_detail(exc: BaseException | None) -> str:
-    if exc is None:
-        return "the server closed the connection"
-    reason = getattr(exc, "reason", None)
-    return f"{reason}: {exc}" if isinstance(reason, str) and reason else str(exc) or type(exc).__name__
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_tls(exc: BaseException | None) -> bool:
-    import ssl
-
-    return isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError)
-
-
 class GeventDevice:
     """One device: its identity, one TLS link at a time, the MQTT core. No reconnect logic: the caller decides.
 
@@ -389,7 +356,7 @@ class GeventDevice:
         if kind == "protocol":
             return self._outcome(False, Reason.PROTOCOL, str(value.error), timings, started, tls_version=version)
         reason = Reason.TLS if _is_tls(value) else Reason.CLOSED  # "closed": the link ended before CONNACK
-        return self._outcome(False, reason, _closed_detail(value), timings, started, tls_version=version,
+        return self._outcome(False, reason, _exc_detail(value), timings, started, tls_version=version,
                              stage="tls" if reason is Reason.TLS else "mqtt")
 
     def _tcp_connect(self, timings: LinkTimings, deadline: float) -> socket.socket:
@@ -578,7 +545,7 @@ class GeventDevice:
         if notice is None:
             if not was_connected:
                 return
-            notice = DisconnectNotice("tls" if _is_tls(exc) else "closed", _closed_detail(exc))
+            notice = DisconnectNotice("tls" if _is_tls(exc) else "closed", _exc_detail(exc))
         if notice.reason != "client" and self.on_lost is not None:
             self.on_lost(notice)
 

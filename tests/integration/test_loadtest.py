@@ -212,3 +212,22 @@ def test_a_refused_device_fails_the_run_with_what_it_saw(fleet, lt_gateway, tmp_
     assert errors and all(name == "connack" for name, _ in errors), errors
     assert any("ConnackRefused" in e and "NOT_AUTHORIZED (0x87)" in e for _, e in errors), errors
     assert int(stats(tmp_path)[("MQTT", "puback")]["Failure Count"]) == 0
+
+
+def test_a_worker_whose_home_holds_other_identities_stops_the_run(fleet, lt_gateway, tmp_path, pool):
+    """A worker joining from another machine with a different copy of the home must not guess identities."""
+    import shutil
+
+    other = tmp_path / "other-home"
+    shutil.copytree(fleet.store.paths.devices / pool[0], other / "devices" / f"{PREFIX}99999")
+    port = free_port()
+    master = subprocess.Popen([IOTGATE, "--home", str(fleet.home), "loadtest", "--headless", "--prefix", PREFIX,
+                               "--report", str(tmp_path / "report"), "--endpoint", f"127.0.0.1:{lt_gateway.port}",
+                               "--users", "4", "--workers", "1", "--remote-workers", "1", "--master-port", str(port),
+                               "--run-time", "20", "--e2e", "off"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    joined = subprocess.run([IOTGATE, "--home", str(other), "loadtest", "--join", f"127.0.0.1:{port}"],
+                            capture_output=True, text=True, timeout=60)
+    out, _ = master.communicate(timeout=60)
+    assert master.returncode == 2, out + joined.stdout + joined.stderr
+    assert "does not hold the master's identities" in out + joined.stdout + joined.stderr
