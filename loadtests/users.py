@@ -426,6 +426,7 @@ class DeviceUser(User):
         self.next_publish = math.inf
         self.seq = 0
         self.dropping = False
+        self.dropped = False   # the last connection ended by this device's own drop (reconnect storm)
         self.padding = b"-" * max(0, run.settings.payload_bytes - _SEQ_DIGITS)
         run.users.add(self)
         self._connect()
@@ -463,8 +464,10 @@ class DeviceUser(User):
             self.retry_at = time.monotonic() + self.backoff.next_delay()
             return
         self.backoff.connected()
+        self.dropped = False
         result = self.device.subscribe(*self.filters, qos=1, timeout=self.run.settings.ack_timeout)
-        _fire(self.environment, ack_row("suback", result))
+        if not self._own_drop(result):
+            _fire(self.environment, ack_row("suback", result))
         interval = self.run.settings.telemetry_interval
         self.next_publish = time.monotonic() + random.uniform(0, interval) if interval > 0 else math.inf
 
@@ -474,12 +477,17 @@ class DeviceUser(User):
         payload = b"%0*d" % (_SEQ_DIGITS, self.seq) + self.padding
         tracked = run.e2e_ready and run.probes.sent(self.thing, self.seq)
         result = self.device.publish(self.topic, payload, qos=1, timeout=run.settings.ack_timeout)
-        _fire(self.environment, ack_row("puback", result), len(payload))
+        if not self._own_drop(result):
+            _fire(self.environment, ack_row("puback", result), len(payload))
         if tracked and not result.ok:
             run.probes.cancel(self.thing, self.seq)
         self.next_publish += run.settings.telemetry_interval
         if self.next_publish < time.monotonic():  # fell behind (a slow ack): no burst to catch up
             self.next_publish = time.monotonic() + run.settings.telemetry_interval
+
+    def _own_drop(self, result) -> bool:
+        """A request cut short by this device's own drop says nothing about the target: no row."""
+        return not result.ok and result.reason == "connection-lost" and (self.dropping or self.dropped)
 
     def drop(self) -> None:
         """Reconnect storm: drop the connection (RST) as a crash would, and come back at once."""
@@ -490,6 +498,7 @@ class DeviceUser(User):
     def _on_lost(self, notice: DisconnectNotice) -> None:
         if self.dropping and notice.reason == "aborted":
             self.dropping = False
+            self.dropped = True
             self.retry_at = 0.0
         else:
             detail = f"{notice.reason}: {notice.detail}" if notice.detail else notice.reason

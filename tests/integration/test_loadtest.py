@@ -231,3 +231,16 @@ def test_a_worker_whose_home_holds_other_identities_stops_the_run(fleet, lt_gate
     out, _ = master.communicate(timeout=60)
     assert master.returncode == 2, out + joined.stdout + joined.stderr
     assert "does not hold the master's identities" in out + joined.stdout + joined.stderr
+
+
+def test_reconnect_storm_drops_every_device_and_brings_it_back(fleet, lt_gateway, tmp_path, pool):
+    lt_gateway.sync(fleet.registry)
+    proc = loadtest(fleet, tmp_path, "--endpoint", f"127.0.0.1:{lt_gateway.port}", "--users", "20", "--workers", "1",
+                    "--spawn-rate", "20", "--run-time", "7", "--shape", "reconnect-storm", "--storm-at", "3",
+                    "--e2e", "off", "--telemetry-interval", "1")
+    assert proc.returncode == 0, explain(proc)
+    rows = stats(tmp_path)
+    for request_type, name in (("TCP", "tcp_connect"), ("TLS", "tls_handshake"), ("MQTT", "connack")):
+        assert int(rows[(request_type, name)]["Request Count"]) == 40, rows[(request_type, name)]
+    assert ("MQTT", "connection") not in rows  # the drops were the devices' own, not the gateway's
+    assert int(rows[("MQTT", "puback")]["Failure Count"]) == 0
