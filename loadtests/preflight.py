@@ -21,7 +21,7 @@ __all__ = ["PoolCheck", "TargetUnreachable", "check_pool", "check_reachable"]
 class TargetUnreachable(IotgateError):
     """The target did not accept a TCP connection: nothing about authentication can be learned from it."""
 
-    exit_code = 1
+    exit_code = 2
 
 
 class PoolCheck:

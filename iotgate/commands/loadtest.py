@@ -86,6 +86,21 @@ def _worker_cmd(master_host: str, master_port: int) -> list[str]:
     return _locust("--worker", "--master-host", master_host, "--master-port", str(master_port))
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (and SIGINT, also when started as a background job) end the run the way Ctrl-C does."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+
+
+def _default_sigint() -> None:
+    """Locust stops a run and writes its reports on SIGINT: make sure a child started from a shell that ignores
+    it (a background job) still gets it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class _Children:
     """The Locust processes this command started; each is waited for, and ended by its own pid if it lingers."""
 
@@ -96,7 +111,7 @@ class _Children:
         out = open(log, "ab") if log is not None else None
         try:
             proc = subprocess.Popen(cmd, env=env, stdout=out or None, stderr=subprocess.STDOUT if out else None,
-                                    stdin=subprocess.DEVNULL)
+                                    stdin=subprocess.DEVNULL, preexec_fn=_default_sigint)
         finally:
             if out is not None:
                 out.close()
@@ -104,11 +119,16 @@ class _Children:
         return proc
 
     def wait(self, proc: subprocess.Popen) -> int:
+        interrupts = 0
         while True:
             try:
                 return proc.wait()
-            except KeyboardInterrupt:  # Ctrl-C reached the children too; Locust shuts down and writes reports
-                err_console.print("interrupted: waiting for Locust to write its reports")
+            except KeyboardInterrupt:  # pass it on (a terminal's Ctrl-C reaches the children too; a kill does not)
+                interrupts += 1
+                err_console.print("interrupted: Locust stops the run and writes its reports"
+                                  if interrupts == 1 else "interrupted again: ending Locust")
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT if interrupts == 1 else signal.SIGTERM)
 
     def finish(self, grace: float = 15.0) -> dict[str, int]:
         deadline = time.monotonic() + grace
@@ -283,6 +303,7 @@ def loadtest(app: AppContext, users: int, spawn_rate: float, run_time: str, work
     if not headless:
         console.print(f"web UI: http://{web_host}:{web_port}  (start the run there; Ctrl-C ends it)")
 
+    _interrupt_on_sigterm()
     children = _Children()
     master_proc = children.start("master", master, env)
     for index in range(workers):
@@ -328,6 +349,7 @@ def _join(home: Path, host: str, port: int, workers: int, env: dict) -> None:
         raise PlanError(f"{home / 'devices'}: no device identities here; copy the master's home (devices/ and "
                         "loadtest/) to this machine first")
     console.print(f"starting {workers} worker(s) joining the master at {host}:{port} (identities from {home})")
+    _interrupt_on_sigterm()
     children = _Children()
     procs = [children.start(f"worker {i}", _worker_cmd(host, port), env) for i in range(workers)]
     codes = [children.wait(p) for p in procs]

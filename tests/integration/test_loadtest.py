@@ -183,7 +183,7 @@ def test_an_unreachable_target_fails_fast_naming_the_address(fleet, tmp_path, po
     port = free_port()
     started = time.monotonic()
     proc = loadtest(fleet, tmp_path, "--endpoint", f"127.0.0.1:{port}", "--users", "10", "--run-time", "30")
-    assert proc.returncode == 1, explain(proc)
+    assert proc.returncode == 2, explain(proc)
     assert time.monotonic() - started < 15
     assert f"127.0.0.1:{port} is unreachable" in proc.stderr and "refused" not in proc.stderr.lower().split(
         "unreachable")[0]
