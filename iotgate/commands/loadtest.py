@@ -247,6 +247,8 @@ def loadtest(app: AppContext, users: int, spawn_rate: float, run_time: str, work
     if target != "aws" and not is_loopback(host) and not allow_remote:
         raise click.UsageError(f"--endpoint {host} is not on this machine; pass --allow-remote if you run that "
                                f"{target} (use --target aws for AWS IoT Core)")
+    if target == "aws" and ca_file is None:
+        raise click.UsageError("--target aws needs --ca-file (Amazon Root CA 1) to verify AWS IoT Core")
     total_workers = workers + remote_workers
     e2e_mode = e2e if e2e != "auto" else {"gateway": "observer", "mosquitto": "self", "aws": "off"}[target]
     if target == "aws" and e2e_mode == "observer":
