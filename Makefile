@@ -1,11 +1,11 @@
-# make demo | make test | make bench        (everything installs itself into .venv)
+# make demo | make test | make bench | make loadtest        (everything installs itself into .venv)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench venv system-deps clean
+.PHONY: demo test bench loadtest venv system-deps clean
 
 venv: $(STAMP)
 
@@ -32,11 +32,16 @@ test: venv system-deps
 demo: venv system-deps
 	$(BIN)/python deploy/demo.py
 
+# a bounded headless Locust run (200 devices, 2 workers, 20 s, attacker mix) against a local stack it starts and stops
+loadtest: venv system-deps
+	$(BIN)/python deploy/loadtest.py
+
 bench: venv system-deps
 	$(BIN)/python bench/provision_bench.py
 	$(BIN)/python bench/policy_bench.py
 	$(BIN)/python bench/gateway_bench.py
 	$(BIN)/python bench/devices_idle_bench.py --devices 2000
+	$(BIN)/python bench/locust_clients_bench.py --devices 2000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -59,6 +59,7 @@ __all__ = [
     "Endpoint",
     "Link",
     "LinkHandler",
+    "MemoryBIOLink",
     "LinkTimings",
     "MemoryBIOTransport",
     "StdlibTransport",
@@ -598,6 +599,12 @@ class MemoryBIOTransport(Transport):
             raise
         timings.tls = clock() - started
         return link
+
+
+#: The memory-BIO link on its own: an asyncio.Protocol whose transport only needs write / close / abort /
+#: is_closing / pause_reading / resume_reading, and whose handshake future only done / set_result / set_exception.
+#: loadtests/device.py drives it from gevent's loop.
+MemoryBIOLink = _MemoryBIOLink
 
 
 TRANSPORTS: dict[str, Transport] = {"stdlib": StdlibTransport(), "membio": MemoryBIOTransport()}
