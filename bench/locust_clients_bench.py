@@ -50,7 +50,7 @@ from devices.identity import load_identities  # noqa: E402
 from devices.limits import raise_open_file_limit, source_addresses  # noqa: E402
 from devices.transport import Endpoint, identity_context  # noqa: E402
 from gateway.upstream.mosquitto import BrokerConfig, MosquittoProcess, free_port  # noqa: E402
-from iotgate.provisioning import thing_names  # noqa: E402
+from devices.provisioning import thing_names  # noqa: E402
 
 CLIENTS = ("lean", "lean-keep", "paho")
 

@@ -29,7 +29,7 @@ from cryptography import x509
 from certs.authority import certificate_id
 from gateway.registry import NotFound
 from iotgate.context import AppContext, console, err_console, pass_app
-from iotgate.provisioning import DEFAULT_POLICY_NAME, ensure_policy, register_certificate, rewrite_crl
+from devices.provisioning import DEFAULT_POLICY_NAME, ensure_policy, register_certificate, rewrite_crl
 from loadtests.identities import LoadtestDirs, prepare
 from loadtests.plan import E2E_MODES, TARGETS, PlanError, Settings, attack_kinds_for, identities_needed, \
     is_loopback, parse_duration, parse_endpoint

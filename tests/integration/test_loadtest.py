@@ -16,7 +16,7 @@ from devices.client import ClientOptions, Reason
 from devices.identity import DeviceIdentity
 from devices.transport import Endpoint
 from gateway.upstream.mosquitto import BrokerConfig, MosquittoProcess, free_port
-from iotgate.provisioning import DEFAULT_POLICY_NAME, provision_fleet, thing_names
+from devices.provisioning import DEFAULT_POLICY_NAME, provision_fleet, thing_names
 from loadtests.plan import ATTACK_KINDS, POLICY_ATTACKS, TLS_ATTACKS
 
 from .conftest import start_gateway
