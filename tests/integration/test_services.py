@@ -1,0 +1,286 @@
+"""The gateway's `$aws/...` services driven by AWS's own device SDK (awsiotsdk: `awsiot.iotshadow`,
+`awsiot.iotjobs` on an `mqtt_connection_builder.mtls_from_path` connection), unchanged, against the gateway
+and a real Mosquitto: Device Shadow, Jobs from `iotgate job create` to SUCCEEDED, lifecycle events.
+
+Every wait is on an SDK callback or future, under a deadline; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import orjson
+import pytest
+from awscrt import mqtt
+from awsiot import iotjobs, iotshadow, mqtt_connection_builder
+
+from gateway.registry.errors import AlreadyExists
+from iotgate.cli import main
+
+WAIT = 5.0
+QOS = mqtt.QoS.AT_LEAST_ONCE
+
+# What AWS's Shadow and Jobs samples need: their own thing's `$aws/things/<thing>/...` topics.
+SERVICES_POLICY = """{
+  "Version": "2012-10-17",
+  "Statement": [
+    {"Effect": "Allow", "Action": "iot:Connect",
+     "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
+    {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"],
+     "Resource": "arn:aws:iot:*:*:topic/$aws/things/${iot:Connection.Thing.ThingName}/*"},
+    {"Effect": "Allow", "Action": "iot:Subscribe",
+     "Resource": "arn:aws:iot:*:*:topicfilter/$aws/things/${iot:Connection.Thing.ThingName}/*"}
+  ]
+}"""
+
+# An operator watching lifecycle events (and nothing else).
+EVENTS_POLICY = """{
+  "Version": "2012-10-17",
+  "Statement": [
+    {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
+    {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/$aws/events/*"},
+    {"Effect": "Allow", "Action": "iot:Receive", "Resource": "arn:aws:iot:*:*:topic/$aws/events/*"}
+  ]
+}"""
+
+# May read its shadow's answers but not ask for anything: every request is refused by policy.
+READ_ONLY_POLICY = """{
+  "Version": "2012-10-17",
+  "Statement": [
+    {"Effect": "Allow", "Action": "iot:Connect",
+     "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
+    {"Effect": "Allow", "Action": ["iot:Subscribe", "iot:Receive"],
+     "Resource": ["arn:aws:iot:*:*:topicfilter/$aws/things/*", "arn:aws:iot:*:*:topic/$aws/things/*"]}
+  ]
+}"""
+
+
+@pytest.fixture(scope="module")
+def policies(fleet):
+    for name, doc in (("services", SERVICES_POLICY), ("events", EVENTS_POLICY), ("read-only", READ_ONLY_POLICY)):
+        try:
+            fleet.registry.create_policy(name, doc)
+        except AlreadyExists:
+            pass
+
+
+class Inbox:
+    """SDK callbacks, by name, as queues."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, queue.Queue] = {}
+
+    def __call__(self, name: str):
+        q = self.queues.setdefault(name, queue.Queue())
+        return q.put
+
+    def get(self, name: str, timeout: float = WAIT):
+        try:
+            return self.queues.setdefault(name, queue.Queue()).get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no {name} message within {timeout} s") from None
+
+    def empty(self, name: str) -> bool:
+        return self.queues.setdefault(name, queue.Queue()).empty()
+
+
+@pytest.fixture
+def connect(fleet, gateway, policies):
+    made: list[mqtt.Connection] = []
+
+    def make(prefix: str, policy: str = "services", *, thing_files=None):
+        if thing_files is None:
+            thing, files, cert_id = fleet.device(prefix, policies=(policy,))
+        else:
+            thing, files, cert_id = thing_files
+        gateway.sync(fleet.registry)
+        conn = mqtt_connection_builder.mtls_from_path(
+            endpoint="localhost", port=gateway.port, cert_filepath=str(files.cert), pri_key_filepath=str(files.key),
+            ca_filepath=str(fleet.store.paths.root_cert), client_id=thing, clean_session=True, keep_alive_secs=30,
+            enable_metrics_collection=False)
+        conn.connect().result(WAIT)
+        made.append(conn)
+        return thing, conn, cert_id
+
+    yield make
+    for conn in made:
+        try:
+            conn.disconnect().result(WAIT)
+        except Exception:  # noqa: BLE001 - already closed by the test
+            pass
+
+
+def subscribed(pair) -> None:
+    future, _ = pair
+    future.result(WAIT)
+
+
+# --------------------------------------------------------------------------------------------- Device Shadow
+
+def test_shadow_get_update_delta_delete_with_versions(connect):
+    thing, conn, _ = connect("shadow")
+    client = iotshadow.IotShadowClient(conn)
+    inbox = Inbox()
+    s = dict(thing_name=thing)
+    subscribed(client.subscribe_to_get_shadow_accepted(iotshadow.GetShadowSubscriptionRequest(**s), QOS,
+                                                       inbox("get")))
+    subscribed(client.subscribe_to_get_shadow_rejected(iotshadow.GetShadowSubscriptionRequest(**s), QOS,
+                                                       inbox("get-rejected")))
+    subscribed(client.subscribe_to_update_shadow_accepted(iotshadow.UpdateShadowSubscriptionRequest(**s), QOS,
+                                                          inbox("update")))
+    subscribed(client.subscribe_to_update_shadow_rejected(iotshadow.UpdateShadowSubscriptionRequest(**s), QOS,
+                                                          inbox("update-rejected")))
+    subscribed(client.subscribe_to_shadow_delta_updated_events(
+        iotshadow.ShadowDeltaUpdatedSubscriptionRequest(**s), QOS, inbox("delta")))
+    subscribed(client.subscribe_to_shadow_updated_events(
+        iotshadow.ShadowUpdatedSubscriptionRequest(**s), QOS, inbox("documents")))
+    subscribed(client.subscribe_to_delete_shadow_accepted(iotshadow.DeleteShadowSubscriptionRequest(**s), QOS,
+                                                          inbox("delete")))
+
+    # No shadow yet: 404 with AWS's message, the client token echoed.
+    client.publish_get_shadow(iotshadow.GetShadowRequest(client_token="g0", **s), QOS).result(WAIT)
+    err = inbox.get("get-rejected")
+    assert (err.code, err.message, err.client_token) == (404, f"No shadow exists with name: '{thing}'", "g0")
+
+    before = int(time.time())
+    client.publish_update_shadow(iotshadow.UpdateShadowRequest(
+        state=iotshadow.ShadowState(desired={"color": "red", "power": "on"}), client_token="u1", **s), QOS).result(WAIT)
+    accepted = inbox.get("update")
+    assert accepted.version == 1 and accepted.client_token == "u1"
+    assert accepted.state.desired == {"color": "red", "power": "on"}
+    assert before <= accepted.metadata.desired["color"]["timestamp"] <= int(time.time())
+    delta = inbox.get("delta")
+    assert (delta.version, delta.state) == (1, {"color": "red", "power": "on"})
+    assert set(delta.metadata) == {"color", "power"}
+    docs = inbox.get("documents")
+    assert docs.previous is None and docs.current.version == 1
+    assert docs.current.state.desired == {"color": "red", "power": "on"}
+
+    # The device reports: the delta shrinks to what still differs; no /delta for a reported-only update.
+    client.publish_update_shadow(iotshadow.UpdateShadowRequest(
+        state=iotshadow.ShadowState(reported={"color": "red", "power": "off"}), version=1, **s), QOS).result(WAIT)
+    assert inbox.get("update").version == 2
+    docs = inbox.get("documents")
+    assert (docs.previous.version, docs.current.version) == (1, 2)
+    assert docs.current.state.reported == {"color": "red", "power": "off"}
+    client.publish_get_shadow(iotshadow.GetShadowRequest(client_token="g1", **s), QOS).result(WAIT)
+    got = inbox.get("get")
+    assert got.version == 2 and got.client_token == "g1"
+    assert got.state.desired == {"color": "red", "power": "on"}
+    assert got.state.reported == {"color": "red", "power": "off"}
+    assert got.state.delta == {"power": "on"}
+    assert "timestamp" in got.metadata.reported["power"]
+    assert inbox.empty("delta")
+
+    # A stale version is refused with 409, nothing changes.
+    client.publish_update_shadow(iotshadow.UpdateShadowRequest(
+        state=iotshadow.ShadowState(desired={"power": "off"}), version=1, client_token="u3", **s), QOS).result(WAIT)
+    err = inbox.get("update-rejected")
+    assert (err.code, err.message, err.client_token) == (409, "Version conflict", "u3")
+
+    # null removes a key.
+    client.publish_update_shadow(iotshadow.UpdateShadowRequest(
+        state=iotshadow.ShadowState(desired={"power": None}), version=2, **s), QOS).result(WAIT)
+    assert inbox.get("update").version == 3
+    client.publish_get_shadow(iotshadow.GetShadowRequest(**s), QOS).result(WAIT)
+    got = inbox.get("get")
+    assert got.state.desired == {"color": "red"} and got.state.delta is None
+
+    client.publish_delete_shadow(iotshadow.DeleteShadowRequest(client_token="d1", **s), QOS).result(WAIT)
+    deleted = inbox.get("delete")
+    assert (deleted.version, deleted.client_token) == (3, "d1")
+    client.publish_get_shadow(iotshadow.GetShadowRequest(**s), QOS).result(WAIT)
+    assert inbox.get("get-rejected").code == 404
+    # A new shadow carries on from the deleted one's version.
+    client.publish_update_shadow(iotshadow.UpdateShadowRequest(
+        state=iotshadow.ShadowState(reported={"color": "green"}), **s), QOS).result(WAIT)
+    assert inbox.get("update").version == 4
+
+
+def test_named_shadow_and_bad_requests(connect):
+    thing, conn, _ = connect("named")
+    client = iotshadow.IotShadowClient(conn)
+    inbox = Inbox()
+    n = dict(thing_name=thing, shadow_name="config")
+    subscribed(client.subscribe_to_update_named_shadow_accepted(
+        iotshadow.UpdateNamedShadowSubscriptionRequest(**n), QOS, inbox("update")))
+    subscribed(client.subscribe_to_update_named_shadow_rejected(
+        iotshadow.UpdateNamedShadowSubscriptionRequest(**n), QOS, inbox("rejected")))
+    subscribed(client.subscribe_to_get_named_shadow_accepted(
+        iotshadow.GetNamedShadowSubscriptionRequest(**n), QOS, inbox("get")))
+    client.publish_update_named_shadow(iotshadow.UpdateNamedShadowRequest(
+        state=iotshadow.ShadowState(reported={"fw": "1.0"}), **n), QOS).result(WAIT)
+    assert inbox.get("update").version == 1
+    client.publish_get_named_shadow(iotshadow.GetNamedShadowRequest(**n), QOS).result(WAIT)
+    assert inbox.get("get").state.reported == {"fw": "1.0"}
+
+    topic = f"$aws/things/{thing}/shadow/name/config/update"
+    for payload, code, message in [
+        (b"not json", 400, "Invalid JSON"),
+        (b'{"desired": {}}', 400, "Missing required node: state"),
+        (b'{"state": {"desired": 1}}', 400, "Desired node must be an object"),
+        (b'{"state": {"reported": {}}, "clientToken": "' + b"x" * 65 + b'"}', 400, "Invalid clientToken"),
+        (orjson.dumps({"state": {"reported": {"blob": "x" * 9000}}}), 413,
+         "The payload exceeds the maximum size allowed"),
+        (orjson.dumps({"state": {"reported": {"a": {"b": {"c": {"d": {"e": {"f": {"g": 1}}}}}}}}}), 400,
+         "JSON contains too many levels of nesting; maximum is 6"),
+    ]:
+        conn.publish(topic, payload, QOS)[0].result(WAIT)
+        err = inbox.get("rejected")
+        assert (err.code, err.message) == (code, message), payload[:40]
+
+
+def test_shadow_request_outside_the_policy_is_refused(connect, gateway):
+    thing, conn, _ = connect("readonly", "read-only")
+    client = iotshadow.IotShadowClient(conn)
+    inbox = Inbox()
+    subscribed(client.subscribe_to_get_shadow_accepted(iotshadow.GetShadowSubscriptionRequest(thing_name=thing),
+                                                       QOS, inbox("get")))
+    # MQTT 3.1.1 has no negative PUBACK: AWS IoT (and the gateway) close the connection.
+    client.publish_get_shadow(iotshadow.GetShadowRequest(thing_name=thing), QOS)
+    event = gateway.events.wait_for(event="publish", client_id=thing, kind="publish_denied")
+    assert event["resource"] == f"topic/$aws/things/{thing}/shadow/get"
+
+
+def test_another_things_shadow_answers_are_not_delivered(connect, gateway):
+    owner, owner_conn, _ = connect("owner")
+    other, other_conn, _ = connect("other")
+    inbox = Inbox()
+    # The other device may not subscribe to the owner's shadow topics: SUBACK failure.
+    future, _ = iotshadow.IotShadowClient(other_conn).subscribe_to_update_shadow_accepted(
+        iotshadow.UpdateShadowSubscriptionRequest(thing_name=owner), QOS, inbox("spy"))
+    with pytest.raises(Exception):
+        future.result(WAIT)
+    client = iotshadow.IotShadowClient(owner_conn)
+    subscribed(client.subscribe_to_update_shadow_accepted(
+        iotshadow.UpdateShadowSubscriptionRequest(thing_name=owner), QOS, inbox("update")))
+    client.publish_update_shadow(iotshadow.UpdateShadowRequest(
+        thing_name=owner, state=iotshadow.ShadowState(reported={"x": 1})), QOS).result(WAIT)
+    assert inbox.get("update").version == 1
+    assert inbox.empty("spy")
+
+
+def test_operator_shadow_update_reaches_the_device_as_a_delta(connect, fleet, capsys):
+    thing, conn, _ = connect("opshadow")
+    client = iotshadow.IotShadowClient(conn)
+    inbox = Inbox()
+    subscribed(client.subscribe_to_shadow_delta_updated_events(
+        iotshadow.ShadowDeltaUpdatedSubscriptionRequest(thing_name=thing), QOS, inbox("delta")))
+    cli(fleet, capsys, "shadow", "update", thing, "--payload", '{"state": {"desired": {"mode": "eco"}}}')
+    delta = inbox.get("delta")
+    assert delta.state == {"mode": "eco"} and delta.version == 1
+    shown = orjson.loads(cli(fleet, capsys, "shadow", "get", thing))
+    assert shown["state"]["delta"] == {"mode": "eco"} and shown["version"] == 1
+
+
+def cli(fleet, capsys, *args: str) -> str:
+    """Run `iotgate ARGS` on the fleet's home, as a user would; its standard output."""
+    capsys.readouterr()
+    try:
+        main(["--home", str(fleet.home), *args])
+    except SystemExit as exc:
+        captured = capsys.readouterr()
+        assert exc.code in (0, None), captured.err
+        return captured.out
+    return capsys.readouterr().out
