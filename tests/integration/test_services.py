@@ -55,10 +55,20 @@ READ_ONLY_POLICY = """{
   ]
 }"""
 
+# May subscribe to lifecycle events but not receive them.
+DEAF_POLICY = """{
+  "Version": "2012-10-17",
+  "Statement": [
+    {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
+    {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/$aws/events/*"}
+  ]
+}"""
+
 
 @pytest.fixture(scope="module")
 def policies(fleet):
-    for name, doc in (("services", SERVICES_POLICY), ("events", EVENTS_POLICY), ("read-only", READ_ONLY_POLICY)):
+    for name, doc in (("services", SERVICES_POLICY), ("events", EVENTS_POLICY), ("read-only", READ_ONLY_POLICY),
+                      ("deaf", DEAF_POLICY)):
         try:
             fleet.registry.create_policy(name, doc)
         except AlreadyExists:
@@ -284,3 +294,168 @@ def cli(fleet, capsys, *args: str) -> str:
         assert exc.code in (0, None), captured.err
         return captured.out
     return capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------- Jobs
+
+def test_job_from_iotgate_job_create_through_start_next_to_succeeded(connect, fleet, tmp_path, capsys):
+    thing, conn, _ = connect("jobs")
+    client = iotjobs.IotJobsClient(conn)
+    inbox = Inbox()
+    t = dict(thing_name=thing)
+    subscribed(client.subscribe_to_next_job_execution_changed_events(
+        iotjobs.NextJobExecutionChangedSubscriptionRequest(**t), QOS, inbox("notify-next")))
+    subscribed(client.subscribe_to_job_executions_changed_events(
+        iotjobs.JobExecutionsChangedSubscriptionRequest(**t), QOS, inbox("notify")))
+    subscribed(client.subscribe_to_get_pending_job_executions_accepted(
+        iotjobs.GetPendingJobExecutionsSubscriptionRequest(**t), QOS, inbox("pending")))
+    subscribed(client.subscribe_to_start_next_pending_job_execution_accepted(
+        iotjobs.StartNextPendingJobExecutionSubscriptionRequest(**t), QOS, inbox("started")))
+    job_id = f"fw-{thing}"
+    u = dict(thing_name=thing, job_id=job_id)
+    subscribed(client.subscribe_to_update_job_execution_accepted(
+        iotjobs.UpdateJobExecutionSubscriptionRequest(**u), QOS, inbox("updated")))
+    subscribed(client.subscribe_to_update_job_execution_rejected(
+        iotjobs.UpdateJobExecutionSubscriptionRequest(**u), QOS, inbox("update-rejected")))
+    subscribed(client.subscribe_to_describe_job_execution_accepted(
+        iotjobs.DescribeJobExecutionSubscriptionRequest(**u), QOS, inbox("described")))
+
+    document = {"operation": "update-firmware", "url": "https://example.com/fw-2.bin", "version": "2.0"}
+    path = tmp_path / "job.json"
+    path.write_bytes(orjson.dumps(document))
+    cli(fleet, capsys, "job", "create", job_id, "--document", str(path), "--targets", thing)
+
+    # The gateway publishes what the CLI left in the outbox: the device learns of its new job.
+    nxt = inbox.get("notify-next")
+    assert (nxt.execution.job_id, nxt.execution.status, nxt.execution.version_number) == (job_id, "QUEUED", 1)
+    assert nxt.execution.job_document == document
+    assert inbox.get("notify").jobs["QUEUED"][0].job_id == job_id
+
+    client.publish_get_pending_job_executions(iotjobs.GetPendingJobExecutionsRequest(client_token="p1", **t),
+                                              QOS).result(WAIT)
+    pending = inbox.get("pending")
+    assert [j.job_id for j in pending.queued_jobs] == [job_id] and pending.in_progress_jobs == []
+    assert pending.client_token == "p1"
+
+    client.publish_start_next_pending_job_execution(iotjobs.StartNextPendingJobExecutionRequest(
+        status_details={"step": "downloading"}, step_timeout_in_minutes=10, client_token="s1", **t), QOS).result(WAIT)
+    started = inbox.get("started")
+    e = started.execution
+    assert (e.job_id, e.thing_name, e.status, e.version_number, e.execution_number) == \
+        (job_id, thing, "IN_PROGRESS", 2, 1)
+    assert e.job_document == document and e.status_details == {"step": "downloading"}
+    assert e.started_at is not None and started.client_token == "s1"
+
+    # A stale expectedVersion is refused with the execution's state.
+    client.publish_update_job_execution(iotjobs.UpdateJobExecutionRequest(
+        status=iotjobs.JobStatus.SUCCEEDED, expected_version=1, **u), QOS).result(WAIT)
+    err = inbox.get("update-rejected")
+    assert err.code == "VersionMismatch" and err.execution_state.version_number == 2
+
+    client.publish_update_job_execution(iotjobs.UpdateJobExecutionRequest(
+        status=iotjobs.JobStatus.SUCCEEDED, expected_version=2, status_details={"step": "done"},
+        include_job_execution_state=True, client_token="u1", **u), QOS).result(WAIT)
+    done = inbox.get("updated")
+    assert (done.execution_state.status, done.execution_state.version_number) == ("SUCCEEDED", 3)
+    assert done.execution_state.status_details == {"step": "done"} and done.client_token == "u1"
+    assert inbox.get("notify-next").execution is None  # nothing left to run
+
+    client.publish_describe_job_execution(iotjobs.DescribeJobExecutionRequest(**u), QOS).result(WAIT)
+    assert inbox.get("described").execution.status == "SUCCEEDED"
+
+    # A terminal execution stays terminal.
+    client.publish_update_job_execution(iotjobs.UpdateJobExecutionRequest(
+        status=iotjobs.JobStatus.IN_PROGRESS, **u), QOS).result(WAIT)
+    assert inbox.get("update-rejected").code == "InvalidStateTransition"
+
+    shown = orjson.loads(cli(fleet, capsys, "job", "show", job_id, "--json"))
+    assert shown["status"] == "COMPLETED"
+    assert shown["executions"][0]["status"] == "SUCCEEDED" and shown["executions"][0]["versionNumber"] == 3
+
+
+def test_canceled_job_leaves_the_pending_list(connect, fleet, tmp_path, capsys):
+    thing, conn, _ = connect("cancel")
+    client = iotjobs.IotJobsClient(conn)
+    inbox = Inbox()
+    subscribed(client.subscribe_to_next_job_execution_changed_events(
+        iotjobs.NextJobExecutionChangedSubscriptionRequest(thing_name=thing), QOS, inbox("notify-next")))
+    path = tmp_path / "job.json"
+    path.write_bytes(b'{"operation": "reboot"}')
+    for job_id in ("first", "second"):
+        cli(fleet, capsys, "job", "create", f"{job_id}-{thing}", "--document", str(path), "--targets", thing)
+    assert inbox.get("notify-next").execution.job_id == f"first-{thing}"
+    cli(fleet, capsys, "job", "cancel", f"first-{thing}")
+    assert inbox.get("notify-next").execution.job_id == f"second-{thing}"
+    listed = orjson.loads(cli(fleet, capsys, "job", "list", "--status", "CANCELED", "--json"))
+    assert f"first-{thing}" in [j["jobId"] for j in listed]
+
+
+# --------------------------------------------------------------------------------------------- lifecycle events
+
+def test_lifecycle_events_field_by_field(connect, fleet, gateway):
+    watcher, wconn, _ = connect("watcher", "events")
+    events: queue.Queue = queue.Queue()
+    wconn.subscribe("$aws/events/presence/+/+", QOS, lambda topic, payload, **_: events.put((topic, payload)))[0] \
+        .result(WAIT)
+    wconn.subscribe("$aws/events/subscriptions/+/+", QOS, lambda topic, payload, **_: events.put((topic, payload)))[0] \
+        .result(WAIT)
+    # Subscribe is allowed but Receive is not: this one must get nothing.
+    deaf_thing, deaf_files, _ = fleet.device("deaf", policies=("deaf",))
+    deaf_events: queue.Queue = queue.Queue()
+
+    def next_event(client_id: str) -> tuple[str, dict]:
+        deadline = time.monotonic() + WAIT
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no lifecycle event for {client_id}")
+            try:
+                topic, payload = events.get(timeout=left)
+            except queue.Empty:
+                continue
+            doc = orjson.loads(payload)
+            if doc["clientId"] == client_id:
+                return topic, doc
+
+    thing, conn, cert_id = connect("life")
+    start_ms = int(time.time() * 1000)
+    topic, c = next_event(thing)
+    assert topic == f"$aws/events/presence/connected/{thing}"
+    assert set(c) == {"clientId", "timestamp", "eventType", "sessionIdentifier", "principalIdentifier", "ipAddress",
+                      "versionNumber"}
+    assert (c["clientId"], c["eventType"], c["principalIdentifier"], c["ipAddress"]) == \
+        (thing, "connected", cert_id, "127.0.0.1")
+    assert abs(c["timestamp"] - start_ms) < 5000 and isinstance(c["versionNumber"], int)
+    assert len(c["sessionIdentifier"]) == 36
+
+    flt = f"$aws/things/{thing}/shadow/update/accepted"
+    conn.subscribe(flt, QOS, lambda **_: None)[0].result(WAIT)
+    topic, s = next_event(thing)
+    assert topic == f"$aws/events/subscriptions/subscribed/{thing}"
+    assert (s["eventType"], s["topics"], s["sessionIdentifier"], s["principalIdentifier"]) == \
+        ("subscribed", [flt], c["sessionIdentifier"], cert_id)
+    conn.unsubscribe(flt)[0].result(WAIT)
+    topic, s = next_event(thing)
+    assert (topic, s["eventType"], s["topics"]) == (f"$aws/events/subscriptions/unsubscribed/{thing}",
+                                                   "unsubscribed", [flt])
+
+    conn.disconnect().result(WAIT)
+    topic, d = next_event(thing)
+    assert topic == f"$aws/events/presence/disconnected/{thing}"
+    assert (d["eventType"], d["clientInitiatedDisconnect"], d["disconnectReason"]) == \
+        ("disconnected", True, "CLIENT_INITIATED_DISCONNECT")
+    assert (d["sessionIdentifier"], d["versionNumber"], d["principalIdentifier"]) == \
+        (c["sessionIdentifier"], c["versionNumber"], cert_id)
+
+    # The next connection of the same client id has the next version and a new session.
+    _, again, _ = connect("life", thing_files=(thing, fleet.files(thing), cert_id))
+    _, c2 = next_event(thing)
+    assert c2["versionNumber"] == c["versionNumber"] + 1 and c2["sessionIdentifier"] != c["sessionIdentifier"]
+
+    _, deaf, _ = connect("deaf", thing_files=(deaf_thing, deaf_files, ""))
+    deaf.subscribe("$aws/events/presence/+/+", QOS, lambda topic, payload, **_: deaf_events.put(topic))[0] \
+        .result(WAIT)
+    again.disconnect().result(WAIT)
+    next_event(thing)  # the watcher got this disconnection; the subscriber without iot:Receive did not:
+    gateway.events.wait_for(event="receive", client_id=deaf_thing, kind="receive_denied")
+    assert deaf_events.empty()
