@@ -288,10 +288,14 @@ def _update(executions: list[Execution], job_id: str | None, request: dict, toke
     status = request.get("status")
     if status not in DEVICE_STATUSES:
         raise JobsError("InvalidRequest", f"status must be one of {', '.join(DEVICE_STATUSES)}", e)
-    details = _status_details(request)
-    has_step, step_at = _step_timeout(request, now)
-    include_state = _flag(request, "includeJobExecutionState", False)
-    include_doc = _flag(request, "includeJobDocument", False)
+    try:
+        details = _status_details(request)
+        has_step, step_at = _step_timeout(request, now)
+        include_state = _flag(request, "includeJobExecutionState", False)
+        include_doc = _flag(request, "includeJobDocument", False)
+    except JobsError as exc:
+        exc.execution = e  # a refusal names the state the execution stays in
+        raise
     expected = request.get("expectedVersion")
     if expected is not None:
         if isinstance(expected, bool) or not isinstance(expected, int):
