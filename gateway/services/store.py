@@ -127,7 +127,18 @@ class ServiceStore:
 
     # ------------------------------------------------------------------ shadows
 
+    def _claim(self, conn: Connection, table: sa.Table, **key) -> None:
+        """PostgreSQL: make sure the row exists before it is locked (FOR UPDATE locks no missing row, and two
+        first writers would both insert). SQLite's writers are serialized by BEGIN IMMEDIATE already."""
+        if self.backend == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+
+            defaults = {"shadows": dict(version=0, present=False, document="{}", updated_at=_now()),
+                        "lifecycle_versions": dict(version=0)}[table.name]
+            conn.execute(insert(table).values(**key, **defaults).on_conflict_do_nothing())
+
     def load_shadow(self, conn: Connection, thing: str, name: str) -> Shadow:
+        self._claim(conn, shadows, thing=thing, name=name)
         row = conn.execute(self._lock(sa.select(shadows.c.version, shadows.c.present, shadows.c.document).where(
             shadows.c.thing == thing, shadows.c.name == name))).first()
         if row is None:
@@ -181,6 +192,7 @@ class ServiceStore:
 
     def next_client_version(self, client_id: str) -> int:
         with self.write() as conn:
+            self._claim(conn, client_versions, client_id=client_id)
             row = conn.execute(self._lock(sa.select(client_versions.c.version).where(
                 client_versions.c.client_id == client_id))).first()
             version = (row.version if row else 0) + 1
