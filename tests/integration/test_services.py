@@ -17,6 +17,7 @@ from awsiot import iotjobs, iotshadow, mqtt_connection_builder
 
 from gateway.registry.errors import AlreadyExists
 from iotgate.cli import main
+from tests.integration.conftest import start_gateway
 
 WAIT = 5.0
 QOS = mqtt.QoS.AT_LEAST_ONCE
@@ -64,11 +65,21 @@ DEAF_POLICY = """{
   ]
 }"""
 
+# An application that manages every thing's shadow.
+SHADOW_OPERATOR_POLICY = """{
+  "Version": "2012-10-17",
+  "Statement": [
+    {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
+    {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"], "Resource": "arn:aws:iot:*:*:topic/$aws/things/*"},
+    {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/$aws/things/*"}
+  ]
+}"""
+
 
 @pytest.fixture(scope="module")
 def policies(fleet):
     for name, doc in (("services", SERVICES_POLICY), ("events", EVENTS_POLICY), ("read-only", READ_ONLY_POLICY),
-                      ("deaf", DEAF_POLICY)):
+                      ("deaf", DEAF_POLICY), ("shadow-operator", SHADOW_OPERATOR_POLICY)):
         try:
             fleet.registry.create_policy(name, doc)
         except AlreadyExists:
@@ -269,6 +280,48 @@ def test_another_things_shadow_answers_are_not_delivered(connect, gateway):
         thing_name=owner, state=iotshadow.ShadowState(reported={"x": 1})), QOS).result(WAIT)
     assert inbox.get("update").version == 1
     assert inbox.empty("spy")
+
+
+def test_shadows_are_shared_by_gateways_and_outlive_them(connect, fleet, broker):
+    thing, conn, _ = connect("shared")
+    inbox = Inbox()
+    subscribed(iotshadow.IotShadowClient(conn).subscribe_to_shadow_delta_updated_events(
+        iotshadow.ShadowDeltaUpdatedSubscriptionRequest(thing_name=thing), QOS, inbox("delta")))
+    app, app_files, _ = fleet.device("app", policies=("shadow-operator",))
+
+    def through(running) -> iotshadow.IotShadowClient:
+        running.sync(fleet.registry)
+        c = mqtt_connection_builder.mtls_from_path(
+            endpoint="localhost", port=running.port, cert_filepath=str(app_files.cert),
+            pri_key_filepath=str(app_files.key), ca_filepath=str(fleet.store.paths.root_cert), client_id=app,
+            clean_session=True, keep_alive_secs=30, enable_metrics_collection=False)
+        c.connect().result(WAIT)
+        return iotshadow.IotShadowClient(c)
+
+    second = start_gateway(fleet, broker.config.url)
+    try:
+        # An application on another gateway sets the desired state: the device on the first one gets the delta.
+        client = through(second)
+        subscribed(client.subscribe_to_update_shadow_accepted(
+            iotshadow.UpdateShadowSubscriptionRequest(thing_name=thing), QOS, inbox("update")))
+        client.publish_update_shadow(iotshadow.UpdateShadowRequest(
+            thing_name=thing, state=iotshadow.ShadowState(desired={"on": True})), QOS).result(WAIT)
+        assert inbox.get("update").version == 1
+        assert inbox.get("delta").state == {"on": True}
+    finally:
+        second.thread.stop()
+    # The gateway that stored it is gone; a new one reads it from the registry database.
+    third = start_gateway(fleet, broker.config.url)
+    try:
+        client = through(third)
+        subscribed(client.subscribe_to_get_shadow_accepted(
+            iotshadow.GetShadowSubscriptionRequest(thing_name=thing), QOS, inbox("get")))
+        client.publish_get_shadow(iotshadow.GetShadowRequest(thing_name=thing), QOS).result(WAIT)
+        got = inbox.get("get")
+        assert got.version == 1 and got.state.delta == {"on": True}
+        client.mqtt_connection.disconnect().result(WAIT)
+    finally:
+        third.thread.stop()
 
 
 def test_operator_shadow_update_reaches_the_device_as_a_delta(connect, fleet, capsys):
