@@ -75,6 +75,7 @@ class ServiceLink:
 
     async def run(self) -> None:
         delay = 0.1
+        failing = False
         loop = asyncio.get_running_loop()
         while True:
             self._connack = loop.create_future()
@@ -92,12 +93,18 @@ class ServiceLink:
                 self._close()
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure: retry with backoff
-                self._log(f"cannot reach the broker ({exc or type(exc).__name__}); retrying")
+                if not failing:  # once per outage, not once per attempt
+                    self._log(f"cannot reach the broker ({exc or type(exc).__name__}); retrying, replies and "
+                              f"events wait (at most {self.queue.maxlen})")
+                failing = True
                 self._close()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             delay = 0.1
+            if failing:
+                self._log("connected again")
+            failing = False
             self.connected.set()
             while self.queue:
                 self._transport.write(self.queue.popleft())
