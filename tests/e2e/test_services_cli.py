@@ -41,7 +41,7 @@ def test_job_commands(pki_cli, tmp_path):
     assert "JSON object" in cli("job", "create", "cal-3", "--document", str(doc), "--targets", "pump-1",
                                 expect=2).err
     assert [j["jobId"] for j in cli("job", "list", "--json").json()] == ["cal-1"]
-    shown = cli("job", "show", "cal-1", "--json").json
+    shown = cli("job", "show", "cal-1", "--json").json()
     assert [e["status"] for e in shown["executions"]] == ["QUEUED", "QUEUED"]
     assert cli("job", "cancel", "cal-1", "--json").json()["status"] == "CANCELED"
     assert "does not exist" in cli("job", "show", "nope", expect=2).err
