@@ -71,6 +71,24 @@ job_executions = sa.Table(
     sa.Index("job_executions_thing", "thing"),
 )
 
+# Static thing groups (the targets of a job); a thing may be in several.
+thing_groups = sa.Table(
+    "thing_groups",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("description", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+thing_group_members = sa.Table(
+    "thing_group_members",
+    metadata,
+    sa.Column("group_name", sa.String(128), sa.ForeignKey("thing_groups.name", name="thing_group_members_group_fk",
+                                                          ondelete="CASCADE"), primary_key=True),
+    sa.Column("thing", sa.String(128), primary_key=True),
+    sa.Index("thing_group_members_thing", "thing"),
+)
+
 client_versions = sa.Table(
     "lifecycle_versions",
     metadata,

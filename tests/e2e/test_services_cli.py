@@ -46,3 +46,26 @@ def test_job_commands(pki_cli, tmp_path):
     assert cli("job", "cancel", "cal-1", "--json").json()["status"] == "CANCELED"
     assert "does not exist" in cli("job", "show", "nope", expect=2).err
     assert orjson.loads(cli("job", "list", "--status", "CANCELED", "--json").out)[0]["jobId"] == "cal-1"
+
+
+def test_job_for_a_thing_group(pki_cli, tmp_path):
+    cli = pki_cli
+    for name in ("valve-1", "valve-2", "valve-3"):
+        cli("thing", "create", name)
+    cli("thing-group", "create", "valves", "--description", "all valves")
+    assert "nosuch" in cli("thing-group", "add", "valves", "nosuch", expect=2).err
+    cli("thing-group", "add", "valves", "valve-1", "valve-2")
+    assert cli("thing-group", "show", "valves", "--json").json()["things"] == ["valve-1", "valve-2"]
+    doc = tmp_path / "job.json"
+    doc.write_text('{"operation": "close"}')
+    assert "name the job's targets" in cli("job", "create", "close-0", "--document", str(doc), expect=2).err
+    assert "does not exist" in cli("job", "create", "close-0", "--document", str(doc), "--thing-group", "pipes",
+                                   expect=2).err
+    created = cli("job", "create", "close-1", "--document", str(doc), "--thing-group", "valves",
+                  "--targets", "valve-3,valve-1", "--json").json()
+    assert sorted(e["thingName"] for e in created["executions"]) == ["valve-1", "valve-2", "valve-3"]
+    cli("thing-group", "remove", "valves", "valve-2")
+    assert cli("thing-group", "list", "--json").json() == [
+        {"thingGroupName": "valves", "description": "all valves", "things": 1}]
+    cli("thing-group", "delete", "valves")
+    assert cli("thing-group", "list", "--json").json() == []

@@ -39,7 +39,8 @@ SERVICES_POLICY = """{
 EVENTS_POLICY = """{
   "Version": "2012-10-17",
   "Statement": [
-    {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
+    {"Effect": "Allow", "Action": "iot:Connect",
+     "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
     {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/$aws/events/*"},
     {"Effect": "Allow", "Action": "iot:Receive", "Resource": "arn:aws:iot:*:*:topic/$aws/events/*"}
   ]
@@ -60,7 +61,8 @@ READ_ONLY_POLICY = """{
 DEAF_POLICY = """{
   "Version": "2012-10-17",
   "Statement": [
-    {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
+    {"Effect": "Allow", "Action": "iot:Connect",
+     "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
     {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/$aws/events/*"}
   ]
 }"""
@@ -69,7 +71,8 @@ DEAF_POLICY = """{
 SHADOW_OPERATOR_POLICY = """{
   "Version": "2012-10-17",
   "Statement": [
-    {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
+    {"Effect": "Allow", "Action": "iot:Connect",
+     "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
     {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"], "Resource": "arn:aws:iot:*:*:topic/$aws/things/*"},
     {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/$aws/things/*"}
   ]
