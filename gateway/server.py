@@ -975,7 +975,7 @@ class Gateway:
         """A session's `$aws/...` requests and subscription changes, handed to the services."""
         for item in items:
             if item[0] == "request":
-                self.services.request(self.service_caller(conn), item[1], item[2])
+                self.services.request(id(conn), self.service_caller(conn), item[1], item[2])
             else:
                 self.services.subscribed(id(conn), item[0], item[1])
 

@@ -27,6 +27,8 @@ from gateway.services.shadow_service import ShadowService
 from gateway.services.store import ServiceStore
 
 PINGREQ = b"\xc0\x00"
+MAX_INFLIGHT_PER_CONNECTION = 10  # AWS: more in-flight Device Shadow requests on one connection are refused (429)
+MAX_INFLIGHT = 10_000  # for the whole gateway: beyond it requests are refused the same way
 
 
 class _LinkProtocol(asyncio.Protocol):
@@ -158,7 +160,10 @@ class ServiceHub:
         self._presence: dict[int, Presence] = {}  # touched on the worker thread only
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._inflight: dict[int, int] = {}  # connection key -> requests not yet answered
+        self._inflight_total = 0
         self.requests = 0
+        self.throttled = 0
 
     def serves(self, topic: str) -> bool:
         return self.dispatcher.serves(topic)
@@ -188,9 +193,30 @@ class ServiceHub:
 
     # ------------------------------------------------------------------ from connections (on the loop)
 
-    def request(self, caller: Caller, topic: str, payload: bytes) -> None:
+    def request(self, key: int, caller: Caller, topic: str, payload: bytes) -> None:
+        if self._closed or self._loop is None:
+            return
         self.requests += 1
-        self._submit(self._handle, Request(caller, topic, payload, self.clock()))
+        request = Request(caller, topic, payload, self.clock())
+        pending = self._inflight.get(key, 0)
+        if pending >= MAX_INFLIGHT_PER_CONNECTION or self._inflight_total >= MAX_INFLIGHT:
+            self.throttled += 1
+            service = self.dispatcher.route(topic)
+            refuse = getattr(service, "throttled", None)
+            for message in (refuse(request) if refuse is not None else ()):
+                self.link.publish(message.topic, message.payload)
+            return
+        self._inflight[key] = pending + 1
+        self._inflight_total += 1
+        future = self._loop.run_in_executor(self._executor, self._handle, request)
+        future.add_done_callback(lambda f: self._answered(key, f))
+
+    def _answered(self, key: int, future: asyncio.Future) -> None:
+        left = self._inflight.pop(key, 1) - 1
+        if left > 0:
+            self._inflight[key] = left
+        self._inflight_total -= 1
+        self._publish(future)
 
     def connected(self, key: int, caller: Caller) -> None:
         self._submit(self._connected, key, caller, self.clock())

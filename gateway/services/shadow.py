@@ -44,6 +44,7 @@ MESSAGES = {
     "conflict": (409, "Version conflict"),
     "too_large": (413, "The payload exceeds the maximum size allowed"),
     "encoding": (415, "Unsupported documented encoding; supported encoding is UTF-8"),
+    "throttled": (429, "Too Many Requests"),
     "internal": (500, "Internal service failure"),
 }
 
