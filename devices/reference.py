@@ -14,6 +14,10 @@ from devices.identity import DeviceFiles
 WAIT = 5.0
 
 
+class ClosedBeforeConnack(ConnectionError):
+    """The server closed the connection after CONNECT, before any CONNACK (how a refusal can look)."""
+
+
 class PahoDevice:
     """A paho-mqtt device with its own identity; callbacks turned into waitable queues. No auto-reconnect.
 
@@ -73,8 +77,8 @@ class PahoDevice:
                 return rc
             except queue.Empty:
                 if not self.disconnects.empty():
-                    raise ConnectionError(f"disconnected before CONNACK ({self.disconnects.get()})")
-        raise AssertionError("no CONNACK")
+                    raise ClosedBeforeConnack(f"disconnected before CONNACK ({self.disconnects.get()})")
+        raise TimeoutError(f"no CONNACK within {timeout:g} s")
 
     def subscribe(self, topic: str, qos: int = 1, timeout: float = WAIT) -> list[int]:
         result, mid = self.client.subscribe(topic, qos=qos)
