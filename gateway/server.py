@@ -56,6 +56,8 @@ from gateway.mqtt import Framer, MQTTProtocolError, PacketType, decode
 from gateway.observe import AccessLog, Metrics
 from gateway.observe.http import start_metrics_server
 from gateway.registry import Registry, RegistryError
+from gateway.services.base import Caller
+from gateway.services.runtime import ServiceHub
 from gateway.session import Close, Peer, RateLimiter, Session, State
 from gateway.upstream.link import UpstreamConnector, parse_upstream_url
 from gateway.websocket import UpgradeError, WebSocketServer, WebSocketTransport
@@ -336,6 +338,12 @@ class Connection:
                 self.upstream.writelines(out.upstream)
                 self.last_up_tx = self.loop.time()
             out.upstream.clear()
+        if out.service:
+            if not self._active and session.state is State.ACTIVE:
+                self._activate()  # the connected event goes before what the session did next
+            if self.gw.services is not None:
+                self.gw.service_effects(self, out.service)
+            out.service.clear()
         if out.events:
             for event in out.events:
                 self.gw.record(event, session.peer)
@@ -363,6 +371,8 @@ class Connection:
     def _activate(self) -> None:
         self._active = True
         self.gw.metrics.gauges["sessions_active"] += 1
+        if self.gw.services is not None:
+            self.gw.services.connected(id(self), self.gw.service_caller(self))
         self._cancel_timer()
         self._schedule_keepalive(self.session.keepalive * 0.5)
 
@@ -420,6 +430,8 @@ class Connection:
         self._auth_timers = []
         if self._active:
             self.gw.metrics.gauges["sessions_active"] -= 1
+            if self.gw.services is not None:
+                self.gw.services.disconnected(id(self), close.key)
         self.gw.session_ended(self.session)
         if self.client_id is not None:
             self.gw.directory.release(self.client_id, self)
@@ -515,6 +527,7 @@ class Gateway:
         self._stopped: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connector: UpstreamConnector | None = None
+        self.services: ServiceHub | None = None
         self.port = 0
 
     # ------------------------------------------------------------------ start / stop
@@ -564,7 +577,9 @@ class Gateway:
         if cfg.metrics_port:
             self._metrics_server = await start_metrics_server(self.metrics, cfg.metrics_host, cfg.metrics_port,
                                                                refresh=self.stats)
+        self.services = ServiceHub(self._registry, self.connector, clock=self.clock, on_error=self.internal_error)
         self._services = [
+            self.loop.create_task(self.services.run(), name="iotgate-services"),
             self.loop.create_task(self._accept_loop(self._listener, False), name="iotgate-accept"),
             self.loop.create_task(self._watch_registry(), name="iotgate-registry-watch"),
             self.loop.create_task(self._housekeeping(), name="iotgate-housekeeping"),
@@ -686,7 +701,8 @@ class Gateway:
             lim = self.config.limits
             session = Session(peer, auth, lim, connect_limiter=self.client_limiter,
                               upstream_username=self.connector.username, upstream_password=self.connector.password,
-                              assign_client_id=_assign_client_id, now=self.loop.time())
+                              assign_client_id=_assign_client_id, now=self.loop.time(),
+                              serves=self.services.serves if self.services is not None else None)
             table, key = (self.by_principal, conn.principal_key) if token else (self.by_cert, auth.certificate_id)
             if key is not None:
                 table.setdefault(key, set()).add(conn)
@@ -949,6 +965,19 @@ class Gateway:
     def internal_error(self, where: str, exc: BaseException) -> None:
         print(f"iotgate gateway: internal error in {where}: {type(exc).__name__}: {exc}", file=sys.stderr)
         traceback.print_exception(exc, file=sys.stderr)
+
+    def service_caller(self, conn: Connection) -> Caller:
+        session = conn.session
+        return Caller(session.client_id or "", session.certificate_id or conn.principal_key, session.thing,
+                      session.peer.ip)
+
+    def service_effects(self, conn: Connection, items: list[tuple]) -> None:
+        """A session's `$aws/...` requests and subscription changes, handed to the services."""
+        for item in items:
+            if item[0] == "request":
+                self.services.request(self.service_caller(conn), item[1], item[2])
+            else:
+                self.services.subscribed(id(conn), item[0], item[1])
 
     def session_ended(self, session: Session | None) -> None:
         if session is not None:

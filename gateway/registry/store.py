@@ -349,6 +349,11 @@ class Registry(PrincipalTables):
         return self._display
 
     @property
+    def engine(self) -> Engine:
+        """The database engine: the gateway's services keep their own tables in the same database."""
+        return self._engine
+
+    @property
     def backend(self) -> str:
         """'sqlite' or 'postgresql'."""
         return self._backend
