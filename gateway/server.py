@@ -25,6 +25,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
 import secrets
 import socket
 import sys
@@ -50,7 +51,7 @@ from gateway.auth import (
 from gateway.auth import sigv4
 from gateway.auth.access_keys import SigV4Authenticator
 from gateway.auth.authorizers import NAME_PARAM, Credentials, CustomAuthenticator
-from gateway.auth.tls import TOKEN_ALPN
+from gateway.auth.tls import DEVICE_ALPN, TOKEN_ALPN
 from gateway.config import GatewayConfig
 from gateway.mqtt import Framer, MQTTProtocolError, PacketType, decode
 from gateway.observe import AccessLog, Metrics
@@ -550,7 +551,7 @@ class Gateway:
                                         f"`iotgate --home {cfg.home} pki init`")
         if self._acceptor is None:
             self._acceptor = StdlibTLSAcceptor(pki.server_cert, pki.server_key, view.ca_pems,
-                                               handshake_timeout=cfg.limits.handshake_timeout)
+                                               handshake_timeout=cfg.limits.handshake_timeout, alpn=DEVICE_ALPN)
         else:
             self._acceptor.set_trust(view.ca_pems)
         self.view = view
@@ -1025,6 +1026,10 @@ def _listen(host: str, port: int, option: str) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
+        if exc.errno == errno.EACCES and 0 < port < 1024:
+            raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}: ports below 1024 need root, or the "
+                          "CAP_NET_BIND_SERVICE capability (sudo setcap cap_net_bind_service=+ep on the Python "
+                          f"binary), or authbind; or choose another {option}") from None
         raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another {option}") from None
     sock.listen(1024)
     sock.setblocking(False)
