@@ -40,6 +40,7 @@ from gateway.mqtt import (
     ReasonCode,
     SubAck,
     Subscribe,
+    Subscription,
     UnsubAck,
     connect_return_code_for,
     decode,
@@ -361,7 +362,9 @@ class Session:
             refuse(R.BAD_AUTHENTICATION_METHOD, "auth_method", "enhanced authentication (AUTH) is not supported")
             return
         if not client_id:
-            if self.level == 4 or self._assign_client_id is None:
+            # The server may assign one [MQTT-3.1.3-6], as AWS IoT does on MQTT 5 (Assigned Client Identifier);
+            # a 3.1.1 CONNECT that also asks to keep the session never gets here (the codec: [MQTT-3.1.3-8]).
+            if self._assign_client_id is None:
                 refuse(R.CLIENT_IDENTIFIER_NOT_VALID, "client_id_invalid", "empty client id")
                 return
             client_id = self._assigned = self._assign_client_id()
@@ -649,12 +652,24 @@ class Session:
                 known += 1
             self._reserved.add(flt)
             codes.append(None)
-            forward.append(dataclasses.replace(sub, qos=min(sub.qos, 1), retain_as_published=False))
+            forward.append(self._upstream_subscription(sub))
         if not forward:
             self.out.device.append(encode(SubAck(pid, tuple(codes)), level))
             return
         self._subacks[pid] = (codes, [s.topic_filter for s in forward])
         self.out.upstream.append(encode(Subscribe(pid, tuple(forward), packet.properties), level))
+
+    def _upstream_subscription(self, sub: Subscription) -> Subscription:
+        """The filter as the broker gets it: QoS at most 1; on MQTT 5 a wildcard or shared filter asks for no
+        retained messages at subscription (AWS IoT sends them only to exact, unshared filters), so every
+        retained delivery from the broker is one AWS IoT would send too, whatever Retain As Published says."""
+        qos = min(sub.qos, 1)
+        if self.level != 5:
+            return dataclasses.replace(sub, qos=qos)
+        share, bare = split_shared_subscription(sub.topic_filter)
+        if share is not None or "+" in bare or "#" in bare:
+            return dataclasses.replace(sub, qos=qos, retain_handling=2)
+        return dataclasses.replace(sub, qos=qos)
 
     def _on_unsubscribe(self, frame: Frame, now: float) -> None:
         packet = decode(frame, self.level)
@@ -683,16 +698,21 @@ class Session:
         packet = decode(frame, self.level)
         data = frame.data
         expiry = packet.properties.session_expiry_interval if self.level == 5 else None
-        if expiry is not None and expiry > self._expiry_granted:
+        note = ""
+        if expiry is not None and expiry > 0:
             if self._expiry_granted == 0:
                 raise MQTTProtocolError("DISCONNECT sets a session expiry interval after CONNECT set none",
-                                        R.PROTOCOL_ERROR, "[MQTT-3.14.2-2]", protocol_level=5)
-            # Never longer than granted at CONNECT: the broker would otherwise keep the session past the cap.
-            data = encode(dataclasses.replace(packet, properties=dataclasses.replace(
-                packet.properties, session_expiry_interval=self._expiry_granted)), 5)
+                                        R.PROTOCOL_ERROR, "§3.14.2.2.2", protocol_level=5)
+            # The DISCONNECT's value replaces the CONNECT's (AWS IoT and §3.14.2.2.2), up to the same maximum.
+            cap = self.limits.session_expiry_max
+            if expiry > cap:
+                note = f"; session expiry interval lowered from {expiry} s to {cap} s (the maximum)"
+                data = encode(dataclasses.replace(packet, properties=dataclasses.replace(
+                    packet.properties, session_expiry_interval=cap)), 5)
         self.out.upstream.append(data)
         code = int(packet.reason_code)
         detail = "device disconnected" if code == 0 else f"device disconnected with reason 0x{code:02X}"
+        detail += note
         self._close(Close("disconnect", detail, None, graceful_upstream=True), outcome="closed")
 
     # ------------------------------------------------------------------ input: upstream bytes
@@ -727,7 +747,10 @@ class Session:
         if not topic:
             self._upstream_violation("the broker used a topic alias the gateway never allowed")
             return
-        if (header.retain or topic in self._hash_parents) and not self._aws_deliverable(topic, header.retain):
+        # On MQTT 5 the broker sends no retained message at subscription to a wildcard or shared filter (see
+        # _upstream_subscription): a retained delivery is one AWS IoT sends too, Retain As Published included.
+        retained = header.retain and self.level != 5
+        if (retained or topic in self._hash_parents) and not self._aws_deliverable(topic, retained):
             self._drop_delivery(header.packet_id)
             return
         resource = f"topic/{topic}"
