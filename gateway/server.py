@@ -989,6 +989,10 @@ class Gateway:
                 delivered += conn.session.delivered
         self.metrics.messages["device_to_upstream"] = published
         self.metrics.messages["upstream_to_device"] = delivered
+        if self.services is not None:
+            m, hub = self.metrics.messages, self.services
+            m["service_requests"], m["service_requests_throttled"] = hub.requests, hub.throttled
+            m["service_published"], m["service_dropped"] = hub.link.published, hub.link.dropped
         return self.metrics.stats()
 
     async def _housekeeping(self) -> None:

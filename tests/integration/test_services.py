@@ -142,7 +142,7 @@ def subscribed(pair) -> None:
 
 # --------------------------------------------------------------------------------------------- Device Shadow
 
-def test_shadow_get_update_delta_delete_with_versions(connect):
+def test_shadow_get_update_delta_delete_with_versions(connect, gateway):
     thing, conn, _ = connect("shadow")
     client = iotshadow.IotShadowClient(conn)
     inbox = Inbox()
@@ -220,6 +220,8 @@ def test_shadow_get_update_delta_delete_with_versions(connect):
     client.publish_update_shadow(iotshadow.UpdateShadowRequest(
         state=iotshadow.ShadowState(reported={"color": "green"}), **s), QOS).result(WAIT)
     assert inbox.get("update").version == 4
+    messages = gateway.call(gateway.gateway.stats)["messages"]
+    assert messages["service_requests"] >= 9 and messages["service_published"] >= 12
 
 
 def test_named_shadow_and_bad_requests(connect):
