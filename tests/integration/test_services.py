@@ -517,3 +517,37 @@ def test_lifecycle_events_field_by_field(connect, fleet, gateway):
     next_event(thing)  # the watcher got this disconnection; the subscriber without iot:Receive did not:
     gateway.events.wait_for(event="receive", client_id=deaf_thing, kind="receive_denied")
     assert deaf_events.empty()
+
+
+def test_shadow_over_mqtt5_with_the_sdks_mqtt5_client(fleet, gateway, policies):
+    """The same service client on `mqtt5_client_builder` (the SDK's MQTT 5 client)."""
+    import threading
+
+    from awscrt import mqtt5
+    from awsiot import mqtt5_client_builder
+
+    thing, files, _ = fleet.device("mqtt5", policies=("services",))
+    gateway.sync(fleet.registry)
+    up, down = threading.Event(), threading.Event()
+    client = mqtt5_client_builder.mtls_from_path(
+        endpoint="localhost", port=gateway.port, cert_filepath=str(files.cert), pri_key_filepath=str(files.key),
+        ca_filepath=str(fleet.store.paths.root_cert), client_id=thing, enable_metrics_collection=False,
+        on_lifecycle_connection_success=lambda _: up.set(), on_lifecycle_stopped=lambda _: down.set())
+    client.start()
+    try:
+        assert up.wait(WAIT)
+        shadow = iotshadow.IotShadowClient(client)
+        inbox = Inbox()
+        s = dict(thing_name=thing)
+        subscribed(shadow.subscribe_to_update_shadow_accepted(iotshadow.UpdateShadowSubscriptionRequest(**s), QOS,
+                                                              inbox("update")))
+        subscribed(shadow.subscribe_to_get_shadow_accepted(iotshadow.GetShadowSubscriptionRequest(**s), QOS,
+                                                           inbox("get")))
+        shadow.publish_update_shadow(iotshadow.UpdateShadowRequest(
+            state=iotshadow.ShadowState(reported={"proto": 5}), client_token="m5", **s), QOS).result(WAIT)
+        assert inbox.get("update").client_token == "m5"
+        shadow.publish_get_shadow(iotshadow.GetShadowRequest(**s), QOS).result(WAIT)
+        assert inbox.get("get").state.reported == {"proto": 5}
+    finally:
+        client.stop(mqtt5.DisconnectPacket())
+        down.wait(WAIT)
