@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import orjson
 import pytest
 
 from gateway.mqtt import Connect, Disconnect, ReasonCode, encode
@@ -94,6 +95,10 @@ def test_unix_socket_upstream_with_the_gateways_own_password(fleet, own_gateway,
         assert sub.subscribe("room/unix") == [1]
         assert pub.publish("room/unix", b"over the socket", qos=1) == 0
         assert sub.message().payload == b"over the socket"
+        # The services' own link authenticates the same way: their answers come back over the socket too.
+        assert sub.subscribe(f"$aws/things/{a}/shadow/get/rejected") == [1]
+        assert sub.publish(f"$aws/things/{a}/shadow/get", b"{}", qos=1) == 0
+        assert orjson.loads(sub.message().payload)["code"] == 404
     finally:
         broker.stop()
 
