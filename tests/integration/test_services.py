@@ -17,7 +17,7 @@ from awsiot import iotjobs, iotshadow, mqtt_connection_builder
 
 from gateway.registry.errors import AlreadyExists
 from iotgate.cli import main
-from tests.integration.conftest import start_gateway
+from .conftest import start_gateway
 
 WAIT = 5.0
 QOS = mqtt.QoS.AT_LEAST_ONCE
