@@ -170,16 +170,33 @@ class ServiceHub:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await self._loop.run_in_executor(self._executor, self.store.ensure)
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.link.run(), name="iotgate-services-link")
-                tg.create_task(self._drain_outbox(), name="iotgate-services-outbox")
+                tg.create_task(self._supervise("services link", self.link.run), name="iotgate-services-link")
+                tg.create_task(self._supervise("services outbox", self._drain_outbox), name="iotgate-services-outbox")
         finally:
             self._closed = True
             self._executor.shutdown(wait=False, cancel_futures=True)
 
+    async def _supervise(self, what: str, part) -> None:
+        """Run ``part`` until cancelled; a bug in it is logged and the part starts again (a second later)."""
+        while True:
+            try:
+                await part()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the gateway serves on; the part is restarted
+                self._on_error(what, exc)
+            await asyncio.sleep(1.0)
+
     async def _drain_outbox(self) -> None:
+        while True:  # the tables first: the registry may be away when the gateway starts
+            try:
+                await self._loop.run_in_executor(self._executor, self.store.ensure)
+                break
+            except Exception as exc:  # noqa: BLE001
+                self._on_error("services tables", exc)
+                await asyncio.sleep(2.0)
         while True:
             await asyncio.sleep(self.outbox_interval)
             await self.link.connected.wait()  # taken only when they can be published at once

@@ -28,6 +28,7 @@ from gateway.services.jobs import Execution
 from gateway.services.shadow import Shadow
 
 metadata = sa.MetaData()
+_ADVISORY_LOCK_KEY = 0x696F_7467_7376_6373  # "iotgsvcs": creating the service tables
 
 shadows = sa.Table(
     "shadows",
@@ -121,6 +122,8 @@ class ServiceStore:
     def ensure(self) -> None:
         if not self._ready:
             with self._conn() as conn:
+                if self.backend == "postgresql":  # gateways starting together: one creates, the others wait
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_ADVISORY_LOCK_KEY)))
                 metadata.create_all(conn, checkfirst=True)
             self._ready = True
 
