@@ -95,3 +95,32 @@ def test_lifecycle_events_in_order_with_one_session():
         assert len(ids) == 1
         assert hub.link.published[2][1]["disconnectReason"] == "CONNECTION_LOST"
     run_hub(body)
+
+
+def test_a_part_that_raises_is_logged_and_restarted():
+    errors: list[str] = []
+
+    async def main():
+        with Registry.open("sqlite://") as reg:
+            hub = ServiceHub(reg, connector=None, on_error=lambda where, exc: errors.append(f"{where}: {exc}"))
+            runs = []
+
+            async def flaky():
+                runs.append(1)
+                if len(runs) == 1:
+                    raise RuntimeError("boom")
+                await asyncio.Event().wait()
+
+            hub._loop = asyncio.get_running_loop()
+            task = asyncio.create_task(hub._supervise("services link", flaky))
+            async with asyncio.timeout(5):
+                while len(runs) < 2:
+                    await asyncio.sleep(0.01)
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            hub._executor.shutdown()
+    asyncio.run(main())
+    assert errors == ["services link: boom"]
