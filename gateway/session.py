@@ -687,7 +687,8 @@ class Session:
             self._subs.pop(flt, None)
         self._subs_changed()
         self.out.upstream.append(frame.data)
-        self.out.service.append(("unsubscribed", list(packet.topic_filters)))
+        if self._serves is not None:
+            self.out.service.append(("unsubscribed", list(packet.topic_filters)))
 
     def _on_pingreq(self, frame: Frame, now: float) -> None:
         if frame.remaining_length:
@@ -812,7 +813,7 @@ class Session:
                     subscribed.append(flt)
                 codes[i] = up
         self._subs_changed()
-        if subscribed:
+        if subscribed and self._serves is not None:
             self.out.service.append(("subscribed", subscribed))
         self.out.device.append(encode(SubAck(packet.packet_id, tuple(codes)), self.level))
 
