@@ -564,6 +564,10 @@ class Session:
 
     def _service_request(self, frame: Frame, header, resource: str) -> None:
         """A request to the gateway's services: decided by iot:Publish, acknowledged here, answered by them."""
+        if header.retain:  # AWS IoT: "You can't publish to a reserved topic with the RETAIN flag set."
+            self._refuse_publish(header.packet_id, header.qos, R.NOT_AUTHORIZED, "reserved_topic",
+                                 "retained publish to a reserved topic", resource, None)
+            return
         decision = self._decide("iot:Publish", resource)
         if not decision.allowed:
             self._refuse_publish(header.packet_id, header.qos, R.NOT_AUTHORIZED, "publish_denied",
