@@ -60,7 +60,7 @@ from gateway.registry import Registry
 from gateway.registry.changes import ChangeSet
 from gateway.services.base import Caller
 from gateway.services.runtime import ServiceHub
-from gateway.session import Close, Peer, RateLimiter, Session, State
+from gateway.session import Close, Peer, RateLimiter, ServiceRequest, Session, State
 from gateway.upstream.link import UpstreamConnector, parse_upstream_url
 from gateway.watch import RegistryWatcher
 from gateway.websocket import UpgradeError, WebSocketServer, WebSocketTransport
@@ -967,13 +967,13 @@ class Gateway:
         return Caller(session.client_id or "", session.certificate_id or conn.principal_key, session.thing,
                       session.peer.ip)
 
-    def service_effects(self, conn: Connection, items: list[tuple]) -> None:
+    def service_effects(self, conn: Connection, items: list) -> None:
         """A session's `$aws/...` requests and subscription changes, handed to the services."""
         for item in items:
-            if item[0] == "request":
-                self.services.request(id(conn), self.service_caller(conn), item[1], item[2])
+            if isinstance(item, ServiceRequest):
+                self.services.request(id(conn), self.service_caller(conn), item.topic, item.payload)
             else:
-                self.services.subscribed(id(conn), item[0], item[1])
+                self.services.subscribed(id(conn), item.event, item.filters)
 
     def session_ended(self, session: Session | None) -> None:
         if session is not None:
