@@ -148,6 +148,7 @@ class ServiceHub:
 
     def __init__(self, registry, connector, *, clock: Callable[[], float] = time.time,
                  on_error: Callable[[str, BaseException], None] | None = None, outbox_interval: float = 0.25) -> None:
+        self.registry = registry  # for services that create things, certificates, policies
         self.store = ServiceStore.of(registry)
         self.shadow = ShadowService(self.store)
         self.jobs = JobsService(self.store)
@@ -167,6 +168,10 @@ class ServiceHub:
 
     def serves(self, topic: str) -> bool:
         return self.dispatcher.serves(topic)
+
+    def publish(self, message: Message) -> None:
+        """Publish a message of the gateway's own (an event no request asked for), on the loop."""
+        self.link.publish(message.topic, message.payload)
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
