@@ -25,6 +25,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import datetime as dt
 import errno
 import secrets
 import socket
@@ -57,11 +58,16 @@ from gateway.mqtt import Framer, MQTTProtocolError, PacketType, decode
 from gateway.observe import AccessLog, Metrics
 from gateway.observe.http import start_metrics_server
 from gateway.registry import Registry, RegistryError
+from gateway.provisioning import jit
 from gateway.session import Close, Peer, RateLimiter, Session, State
-from gateway.upstream.link import UpstreamConnector, parse_upstream_url
+from gateway.upstream import publisher
+from gateway.upstream.link import UpstreamConnector, UpstreamError, parse_upstream_url
 from gateway.websocket import UpgradeError, WebSocketServer, WebSocketTransport
 
 CLOSE_GRACE = 2.0  # seconds a closing device may take to read its last packets before it is aborted
+# Refusals of a certificate that an auto-registration CA may register or provision just in time
+JIT_KEYS = frozenset({"certificate_not_registered", "certificate_pending_activation"})
+
 # The device transport pauses the gateway's reading of that device above this many buffered bytes (uvloop's TLS
 # default is 512 KiB): with one read's worth of answers on top, a slow device stays well below max_device_buffer.
 DEVICE_WRITE_HIGH_WATER = 64 * 1024
@@ -509,6 +515,7 @@ class Gateway:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="iotgate-registry")
         self._listener: socket.socket | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._jit: dict[str, asyncio.Future] = {}  # certificate id -> its registration under way
         self._services: list[asyncio.Task] = []
         self._metrics_server = None
         self._ended = [0, 0]  # publishes forwarded, deliveries forwarded, by sessions that ended
@@ -682,6 +689,8 @@ class Gateway:
                 auth, no_connect = outcome
             else:
                 auth = self.authenticator.authenticate(tls.der, self.view)
+                if isinstance(auth, AuthRefusal) and auth.key in JIT_KEYS and self.view.auto_registration:
+                    auth = await self._just_in_time(auth, tls.der)
                 conn.der = tls.der
             peer = Peer(conn.addr[0], conn.addr[1], tls.server_name, tls.version)
             lim = self.config.limits
@@ -728,6 +737,38 @@ class Gateway:
         finally:
             self.connections.discard(conn)
             self.metrics.gauges["connections_open"] = len(self.connections)
+
+    # ------------------------------------------------------------------ just-in-time registration
+
+    async def _just_in_time(self, refusal: AuthRefusal, der: bytes) -> AuthRefusal:
+        """An unknown or PENDING_ACTIVATION certificate while some CA auto-registers: JITR or JITP (see
+        gateway.provisioning.jit). The connection is refused either way, as AWS IoT refuses it; the refusal says
+        what was done. One registration per certificate at a time."""
+        cert_id = refusal.certificate_id
+        pending = self._jit.get(cert_id)
+        if pending is None:
+            now = dt.datetime.now(dt.UTC)
+            pending = self.loop.run_in_executor(
+                self._executor, lambda: jit.just_in_time(self._registry, der, account=self.config.account, now=now))
+            self._jit[cert_id] = pending
+            pending.add_done_callback(lambda _: self._jit.pop(cert_id, None))
+        try:
+            outcome = await asyncio.shield(pending)
+        except Exception as exc:  # noqa: BLE001 - a registry failure refuses this connection, never the gateway
+            self.internal_error(f"just-in-time registration of {cert_id}", exc)
+            return refusal
+        if outcome.kind == "none":
+            return refusal
+        if outcome.event is not None:
+            try:
+                await publisher.publish(self.connector, [outcome.event])
+            except (OSError, TimeoutError, UpstreamError) as exc:
+                self.internal_error(f"publishing {outcome.event[0]}", exc)
+        self.record({"event": "jit", "certificate_id": cert_id, "ca_id": outcome.ca_id, "thing": outcome.thing,
+                     "decision": "refused", "kind": outcome.kind, "reason": outcome.reason}, None)
+        key = {"jitr": "certificate_pending_activation", "jitp": "certificate_provisioned_jitp"}.get(
+            outcome.kind, "jitp_failed")
+        return AuthRefusal(cert_id, key, outcome.reason)
 
     # ------------------------------------------------------------------ tokens and SigV4 (the token listener)
 

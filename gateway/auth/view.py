@@ -26,7 +26,7 @@ class CertState:
 class AuthView:
     """Read-only registry view: CA set and statuses, certificates, parsed policies, things."""
 
-    __slots__ = ("counter", "cas", "ca_pems", "ca_set", "certificates", "cert_policies", "cert_things", "things",
+    __slots__ = ("counter", "cas", "ca_pems", "ca_set", "auto_registration", "certificates", "cert_policies", "cert_things", "things",
                  "policies", "policy_errors", "authorizers", "access_keys", "default_authorizer", "_parsed",
                  "_states")
 
@@ -35,6 +35,9 @@ class AuthView:
         self.cas = {ca_id: ca.status for ca_id, ca in snapshot.cas.items()}
         self.ca_pems = tuple(snapshot.cas[ca_id].pem for ca_id in sorted(snapshot.cas))
         self.ca_set = frozenset(snapshot.cas)
+        # ACTIVE CAs that register unknown certificates they issued (JITR / JITP)
+        self.auto_registration = frozenset(ca_id for ca_id, ca in snapshot.cas.items()
+                                           if ca.auto_registration and ca.status == "ACTIVE")
         self.certificates = snapshot.certificates
         self.cert_policies = snapshot.cert_policies
         self.cert_things = snapshot.cert_things

@@ -6,7 +6,8 @@ from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 2  # 2: custom authorizers and SigV4 access keys (tables added in place to a version 1 registry)
+SCHEMA_VERSION = 3  # 2: custom authorizers and SigV4 access keys; 3: provisioning templates, CA registration configs
+# (each version only adds tables, created in place in an older registry; the tables of 3 are in templates.py)
 
 
 class UTCDateTime(sa.TypeDecorator):
