@@ -19,6 +19,7 @@ import os
 import shlex
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -31,7 +32,9 @@ from rich.table import Table
 from certs.authority import build_root_ca
 from certs.keys import generate_private_key
 from devices.identity import DeviceFiles, make_key_and_csr, write_device_dir
-from devices.reference import PahoDevice
+from devices.evidence import classify_tls_failure
+from devices.reference import ClosedBeforeConnack, PahoDevice
+from devices.report import Outcome
 from gateway.upstream.mosquitto import free_port
 
 console = Console(highlight=False, width=max(100, shutil.get_terminal_size((120, 30)).columns))
@@ -109,12 +112,21 @@ class Background:
 
 
 def attempt(fn) -> tuple[str, str]:
-    """Run one device action; a refusal seen by the device (closed link, TLS alert) is an outcome, not an error."""
+    """Run one attacker's action and read what the device saw as evidence.
+
+    Only what the server did counts as "refused": a TLS alert or a close during the handshake, a refusal code
+    (returned by ``fn``), the connection closed after CONNECT. TCP refused, a timeout, a server certificate
+    that does not verify here or any other client-side error is "inconclusive", which fails the demo.
+    """
     try:
         return fn()
-    except Exception as exc:  # noqa: BLE001 - whatever the device saw is the outcome shown to the user
-        text = str(exc) or type(exc).__name__
-        return "refused", f"{type(exc).__name__}: {text}"[:70]
+    except ClosedBeforeConnack as exc:
+        return "refused", f"closed by the gateway after CONNECT ({exc})"[:70]
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError) as exc:
+        outcome, detail = classify_tls_failure(f"{type(exc).__name__}: {exc}")
+        return ("refused" if outcome is Outcome.REFUSED_TLS else "inconclusive"), detail[:70]
+    except Exception as exc:  # noqa: BLE001 - TCP failure, timeout, client error: nothing was proven
+        return "inconclusive", f"{type(exc).__name__}: {exc or 'no answer'}"[:70]
 
 
 def run_stack(home: Path, base: Path, things: list[str], revoked: str, summary: list[tuple[str, str, str]]) -> bool:

@@ -27,6 +27,8 @@ attack is inconclusive.
 * ``oversize-payload``: a PUBLISH above AWS IoT's 128 KiB payload limit (MQTT 3.1.1).
 * ``connect-flood``: many CONNECTs with one client id at once: refused only when the server throttles it.
 * ``slow-handshake``: TCP opened and nothing sent: refused when the server closes it before the attack's timeout.
+* ``expired-token``, ``foreign-audience-token``, ``replayed-signature``, ``wrong-secret-signature``: no certificate,
+  against the gateway's token listener (:mod:`devices.token_attacks`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from devices.report import Observation, Outcome
 from devices.run_identities import RunIdentities
 from devices.runtime import Flag, RunContext, until, wait_any
 from devices.scenario import ATTACKER_KINDS, AttackerGroup
+from devices.token_attacks import SIGV4_KINDS, TOKEN_ATTACKER_KINDS, TokenWorld, token_attack
 from gateway.mqtt import Publish
 
 __all__ = ["ATTACKER_KINDS", "Attacker", "AttackerFactory", "AttackersPart", "Victim", "attack", "connect_detail",
@@ -69,7 +72,7 @@ SPOOFED = "atk-victim-02"             # registered, never connected: the client 
 REGISTRY_KINDS = ("revoked", "inactive", "unregistered")
 # kinds that need identities made by this simulator (a local PKI and registry)
 LOCAL_IDENTITY_KINDS = tuple(k for k in ATTACKER_KINDS if k not in ("no-certificate", "slow-handshake",
-                                                                    "foreign-ca"))
+                                                                    "foreign-ca"))  # token kinds: a local registry
 # kinds whose evidence may need the victim's connection
 VICTIM_KINDS = ("publish-outside-policy", "subscribe-outside-policy", "wildcard-subscribe")
 CONNECT_KINDS = ("foreign-ca", "expired", "revoked", "inactive", "unregistered")
@@ -78,8 +81,18 @@ GRACE = 0.5                           # after a control message arrived, how lon
 MAX_CONCURRENT = 50
 
 
-def not_applicable(kind: str, target: str, local: bool) -> str:
+def not_applicable(kind: str, target: str, local: bool, token_port: int | None = None) -> str:
     """Why an attack is skipped on this target ("" when it runs)."""
+    if kind in TOKEN_ATTACKER_KINDS:
+        if target == "mosquitto":
+            return "a plain broker has no custom authorizers and no SigV4 keys"
+        if target == "aws":
+            return "the simulator does not create custom authorizers or IAM keys in an AWS account"
+        if not local:
+            return "needs the run's authorizer and access key in a local registry"
+        if token_port is None:
+            return "needs the gateway's token listener: pass --token-port"
+        return ""
     if target == "mosquitto" and kind in REGISTRY_KINDS:
         if kind == "revoked":
             return "a plain broker knows revocations only from the CRL it loaded at start, not from the registry"
@@ -115,6 +128,11 @@ class AttackerFactory:
         name = f"atk-{kind}-{index:02d}"
         ids = self.identities
         if kind in ("no-certificate", "slow-handshake"):
+            return Attacker(kind, name, None, name)
+        if kind in TOKEN_ATTACKER_KINDS:
+            world = ids.token_world()        # the authorizer and keys exist before the run's propagation wait
+            if kind in SIGV4_KINDS:
+                world.add_key(name)
             return Attacker(kind, name, None, name)
         if kind == "foreign-ca":
             foreign = self._foreign_ca(group)
@@ -559,7 +577,8 @@ class AttackersPart:
 
     def __init__(self, ctx: RunContext, planned: Sequence[Planned], *, connector: Connector, endpoint: Endpoint,
                  ca_file: str, target: str, victim: DeviceIdentity | None, level: int,
-                 propagation: float) -> None:
+                 propagation: float, token_port: int | None = None,
+                 token_world: Callable[[], TokenWorld] | None = None) -> None:
         self.ctx = ctx
         self.planned = list(planned)
         self.connector = connector
@@ -569,6 +588,8 @@ class AttackersPart:
         self.victim_identity = victim
         self.level = level
         self.propagation = propagation
+        self.token_port = token_port
+        self.token_world = token_world
         self.observations: list[Observation] = []
         self.done = Flag()
 
@@ -594,6 +615,9 @@ class AttackersPart:
 
         async def one(p: Planned) -> None:
             async with sem:
+                if p.attacker.kind in TOKEN_ATTACKER_KINDS:
+                    self.observations.append(await self._token_attack(p))
+                    return
                 self.observations.append(await attack(
                     p.attacker, p.group, connector=self.connector, endpoint=self.endpoint, ca_file=self.ca_file,
                     binds_client_id=self.target != "mosquitto", victim=victim, record=self.ctx.stats.connect))
@@ -610,13 +634,22 @@ class AttackersPart:
                 if victim is not None:
                     victim.done.set()
 
+    async def _token_attack(self, p: Planned) -> Observation:
+        assert self.token_port is not None and self.token_world is not None
+        world = await asyncio.to_thread(self.token_world)
+        outcome, detail = await token_attack(p.attacker.kind, p.member, world, host=self.endpoint.host,
+                                             port=self.token_port, ca_file=self.ca_file, timeout=p.group.timeout,
+                                             now=dt.datetime.now(dt.UTC))
+        return Observation(p.group.name, p.member, "refused", outcome, detail)
+
 
 def plan_attackers(scenario_attackers: Sequence[AttackerGroup], *, target: str, factory: AttackerFactory | None,
-                   ca_file: str | None) -> list[Planned]:
+                   ca_file: str | None, token_port: int | None = None) -> list[Planned]:
     """Every attacker of the scenario: made, or skipped with the reason."""
     out = []
     for group in scenario_attackers:
-        skip = not_applicable(group.kind, target, factory is not None and factory.identities.local is not None)
+        skip = not_applicable(group.kind, target, factory is not None and factory.identities.local is not None,
+                              token_port)
         for i in range(1, group.count + 1):
             member = f"atk-{group.kind}-{i:02d}"
             if skip or factory is None:

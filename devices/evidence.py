@@ -23,6 +23,8 @@ import re
 
 from devices.client import ConnectOutcome, PublishResult, Reason, SubscribeResult
 from devices.report import Outcome
+from devices.tokens import ConnectResult
+from gateway.mqtt import ReasonCode
 
 # OpenSSL's reasons for an alert received from the peer: SSLV3_ALERT_BAD_CERTIFICATE, TLSV1_ALERT_UNKNOWN_CA,
 # TLSV13_ALERT_CERTIFICATE_REQUIRED, ...
@@ -145,3 +147,30 @@ def classify_subscribe(result: SubscribeResult) -> tuple[Outcome, str] | None:
     if result.reason in ("closed", "connection-lost"):
         return Outcome.CLOSED, "closed by the server after the SUBSCRIBE"
     return Outcome.INCONCLUSIVE, subscribe_detail(result)
+
+
+# HTTP statuses of a WebSocket upgrade that refuse the credential (AWS IoT: 403 ForbiddenException)
+HTTP_REFUSALS = frozenset({401, 403})
+
+
+def classify_token_connect(result: ConnectResult) -> tuple[Outcome, str]:
+    """One custom-authorizer or SigV4 connection attempt (:func:`devices.tokens.try_connect`) as evidence."""
+    if result.stage == "mqtt":
+        if result.code == 0:
+            return Outcome.ALLOWED, "CONNACK accepted"
+        try:
+            name = ReasonCode(result.code).name
+        except ValueError:
+            name = "UNKNOWN"
+        return Outcome.REFUSED_MQTT, f"CONNACK {name} (0x{result.code:02X})"
+    if result.stage == "http":
+        message = _short(result.detail, 160)
+        if result.code in HTTP_REFUSALS:
+            return Outcome.REFUSED_HTTP, f"HTTP {result.code} on the WebSocket upgrade: {message}"
+        return Outcome.INCONCLUSIVE, f"HTTP {result.code} on the WebSocket upgrade (not a refusal of the " \
+                                     f"credential): {message}"
+    if result.stage == "tls":
+        return classify_tls_failure(result.detail)
+    if result.stage == "closed":
+        return Outcome.CLOSED, _short(f"closed by the server before any answer ({result.detail})")
+    return Outcome.INCONCLUSIVE, _short(f"{result.stage}: {result.detail}")

@@ -113,7 +113,8 @@ class FleetRunner:
                                 scenario=scenario, devices=self.devices, rng=self.rng, client_id=OPERATOR_THING)
         attackers = AttackersPart(ctx, planned, connector=self.connector, endpoint=plan.endpoint,
                                   ca_file=plan.server_ca, target=plan.target, victim=victim, level=level,
-                                  propagation=scenario.registry_propagation)
+                                  propagation=scenario.registry_propagation, token_port=plan.token_port,
+                                  token_world=self.identities.token_world)
         chaos = ChaosPart(ctx, scenario, fleet, identities=self.identities, upstream=plan.upstream, rng=self.rng,
                           ca_file=plan.ca_file, registry_enforced=plan.target != "mosquitto")
         rate = plan.rate if plan.rate is not None else scenario.rate
@@ -154,7 +155,8 @@ class FleetRunner:
         probe = ids.probe(fleet)
         operator = ids.operator() if plan.target == "gateway" and plan.local is not None else None
         factory = AttackerFactory(ids, plan.local.now if plan.local else utcnow()) if plan.scenario.attackers else None
-        planned = plan_attackers(plan.scenario.attackers, target=plan.target, factory=factory, ca_file=plan.ca_file)
+        planned = plan_attackers(plan.scenario.attackers, target=plan.target, factory=factory, ca_file=plan.ca_file,
+                                 token_port=plan.token_port)
         victim = None
         if factory is not None and plan.local is not None and any(
                 p.attacker is not None and p.attacker.kind in VICTIM_KINDS for p in planned):

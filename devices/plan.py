@@ -126,6 +126,7 @@ class FleetPlan:
     seed: int = 0
     strict: bool = False              # a skipped check fails the run
     keep_identities: bool = False     # keep the run's own identities (operator, probe, attackers) afterwards
+    token_port: int | None = None     # the gateway's token listener (custom authorizers, SigV4 over WebSocket)
     on_tick: Callable[[dict], None] | None = None
     tick: float = 0.5
 

@@ -8,10 +8,15 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
 
 from devices.identity import DeviceFiles
 
 WAIT = 5.0
+
+
+class ClosedBeforeConnack(ConnectionError):
+    """The server closed the connection after CONNECT, before any CONNACK (how a refusal can look)."""
 
 
 class PahoDevice:
@@ -40,6 +45,8 @@ class PahoDevice:
         self.host = host
         self.port = port
         self.version = version
+        self.clean = clean
+        self.connack_flags = None
         self.keepalive = keepalive
         self.messages: queue.Queue = queue.Queue()
         self.connack: queue.Queue = queue.Queue()
@@ -59,25 +66,31 @@ class PahoDevice:
         with self._lock:
             return table.setdefault(mid, queue.Queue())
 
-    def connect(self, timeout: float = WAIT) -> int:
-        """The CONNACK reason (paho's MQTT 5 numbering, also for 3.1.1), or raises if the link dropped first."""
-        kwargs = {} if self.version != 5 else {"clean_start": True}
+    def connect(self, timeout: float = WAIT, *, properties: Properties | None = None) -> int:
+        """The CONNACK reason (paho's MQTT 5 numbering, also for 3.1.1), or raises if the link dropped first.
+        ``clean`` is MQTT 5's Clean Start too; ``properties`` are the MQTT 5 CONNECT properties. The CONNACK's
+        flags (``session_present``) and properties are kept in ``connack_flags`` / ``connack_properties``."""
+        kwargs = {} if self.version != 5 else {"clean_start": self.clean, "properties": properties}
         self.client.connect(self.host, self.port, keepalive=self.keepalive, **kwargs)
         self.client.loop_start()
         self._started = True
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                rc, _, props = self.connack.get(timeout=0.05)
+                rc, flags, props = self.connack.get(timeout=0.05)
+                self.connack_flags = flags
                 self.connack_properties = props
                 return rc
             except queue.Empty:
                 if not self.disconnects.empty():
-                    raise ConnectionError(f"disconnected before CONNACK ({self.disconnects.get()})")
-        raise AssertionError("no CONNACK")
+                    raise ClosedBeforeConnack(f"disconnected before CONNACK ({self.disconnects.get()})")
+        raise TimeoutError(f"no CONNACK within {timeout:g} s")
 
-    def subscribe(self, topic: str, qos: int = 1, timeout: float = WAIT) -> list[int]:
-        result, mid = self.client.subscribe(topic, qos=qos)
+    def subscribe(self, topic: str, qos: int = 1, timeout: float = WAIT, *,
+                  options: mqtt.SubscribeOptions | None = None) -> list[int]:
+        """Subscribe and wait for the SUBACK's reason codes; ``options`` (MQTT 5) replace ``qos``."""
+        result, mid = self.client.subscribe(topic, qos=qos) if options is None else \
+            self.client.subscribe(topic, options=options)
         assert result == mqtt.MQTT_ERR_SUCCESS
         return self._queue(self.subacks, mid).get(timeout=timeout)
 
@@ -106,8 +119,8 @@ class PahoDevice:
     def wait_disconnect(self, timeout: float = WAIT) -> int:
         return self.disconnects.get(timeout=timeout)
 
-    def disconnect(self) -> None:
-        self.client.disconnect()
+    def disconnect(self, properties: Properties | None = None) -> None:
+        self.client.disconnect(properties=properties)
 
     def close(self) -> None:
         try:

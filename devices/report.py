@@ -101,6 +101,7 @@ class Outcome(enum.StrEnum):
     ALLOWED = "allowed"              # got in: CONNACK accepted, PUBACK/SUBACK granted and delivered, handshake left open
     REFUSED_TLS = "refused-tls"      # a TLS alert, or the connection closed during the handshake
     REFUSED_MQTT = "refused-mqtt"    # a CONNACK / SUBACK / PUBACK / DISCONNECT code, or a message never delivered
+    REFUSED_HTTP = "refused-http"    # the WebSocket upgrade answered 401/403 (a refused signature or token)
     CLOSED = "closed"                # the server closed the connection after CONNECT (or after the attack's packet)
     INCONCLUSIVE = "inconclusive"    # the target did not answer: TCP refused or unreachable, a timeout, no MQTT
     DEVICE_ERROR = "device-error"    # the device's own files (an unreadable or mismatched key), not the server
@@ -116,8 +117,9 @@ class Outcome(enum.StrEnum):
         return _LABELS[self]
 
 
-_REFUSED = frozenset({Outcome.REFUSED_TLS, Outcome.REFUSED_MQTT, Outcome.CLOSED})
+_REFUSED = frozenset({Outcome.REFUSED_TLS, Outcome.REFUSED_MQTT, Outcome.REFUSED_HTTP, Outcome.CLOSED})
 _LABELS = {Outcome.ALLOWED: "got in", Outcome.REFUSED_TLS: "refused in TLS", Outcome.REFUSED_MQTT: "refused in MQTT",
+           Outcome.REFUSED_HTTP: "refused in the WebSocket upgrade",
            Outcome.CLOSED: "closed by the server", Outcome.INCONCLUSIVE: "inconclusive",
            Outcome.DEVICE_ERROR: "device error", Outcome.SKIPPED: "skipped"}
 EXPECTATIONS = ("allowed", "refused")

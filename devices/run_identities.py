@@ -26,6 +26,7 @@ from devices.identity import DeviceIdentity, IdentityError, make_key_and_csr, wr
 from devices.plan import FleetError, FleetPlan, LocalPKI
 from devices.provisioning import default_workers, ensure_policy, provision_fleet, register_certificate, thing_names
 from devices.scenario import MAX_DEVICES, Group, allocate
+from devices.token_attacks import TokenWorld
 from gateway.registry import NotFound
 
 OPERATOR_THING = "sim-operator"
@@ -75,6 +76,7 @@ class RunIdentities:
             self.scratch = Path(self._tmp.name)
         self.created: list[str] = []         # certificate ids this run registered for its own identities
         self._lock = threading.Lock()
+        self._token_world: TokenWorld | None = None
 
     # ------------------------------------------------------------------ the fleet
 
@@ -184,11 +186,23 @@ class RunIdentities:
 
     # ------------------------------------------------------------------ the end
 
+    def token_world(self) -> TokenWorld:
+        """The run's identity provider, custom authorizer and SigV4 key (made once, on first use)."""
+        with self._lock:
+            if self._token_world is None:
+                if self.local is None:
+                    raise FleetError("token attackers need a local registry")
+                self._token_world = TokenWorld.create(self.local.registry, self.local.store.home, self.scratch)
+            return self._token_world
+
     def retire(self) -> list[str]:
         """Detach and deactivate every certificate the run made for itself and delete its files, unless the plan
-        keeps them. Returns notes for the report."""
+        keeps them; delete the run's authorizer and access key. Returns notes for the report."""
         notes = []
         local = self.local
+        if local is not None and self._token_world is not None and not self.plan.keep_identities:
+            self._token_world.retire(local.registry)
+            notes.append("the run's custom authorizer and SigV4 access key were deleted")
         if local is not None and self.created:
             if self.plan.keep_identities:
                 notes.append(f"kept the run's {len(self.created)} own certificate(s) (operator, probe, attackers) "

@@ -85,6 +85,11 @@ ATTACKER_KINDS: dict[str, str] = {
     "oversize-payload": "publish above the 128 KiB payload limit",
     "slow-handshake": "open TCP and never finish the TLS handshake",
     "connect-flood": "many CONNECTs with one client id at once",
+    # no certificate: against the gateway's token listener (fleet run --token-port)
+    "expired-token": "custom-authorizer JWT whose expiry has passed",
+    "foreign-audience-token": "custom-authorizer JWT issued for another audience",
+    "replayed-signature": "SigV4-signed WebSocket URL used a second time",
+    "wrong-secret-signature": "SigV4 signature made with a secret that is not the key's",
 }
 CHAOS_KINDS = ("disconnect", "abort", "upstream-kill")
 EXPECTATIONS = ("allowed", "refused")

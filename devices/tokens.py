@@ -149,7 +149,8 @@ class TokenLink:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ConnectResult:
-    """What one token or SigV4 connection attempt got: ``stage`` tls | http | mqtt | closed, and the code."""
+    """What one token or SigV4 connection attempt got: ``stage`` tcp | timeout | tls | http | mqtt | closed, and
+    the code (the CONNACK's, or the HTTP status of a refused WebSocket upgrade)."""
 
     stage: str
     code: int | None
@@ -173,6 +174,14 @@ async def try_connect(host: str, port: int, ca_file: Path, *, client_id: str, us
         return ConnectResult("http", exc.status, exc.body.decode("utf-8", "replace"))
     except ssl.SSLError as exc:
         return ConnectResult("tls", None, str(exc))
+    except TimeoutError:
+        return ConnectResult("timeout", None, f"no answer within {timeout:g} s")
+    except ConnectionError as exc:
+        if str(exc) == "closed during the WebSocket upgrade":
+            return ConnectResult("closed", None, str(exc))
+        return ConnectResult("tcp", None, f"{type(exc).__name__}: {exc}")
+    except OSError as exc:
+        return ConnectResult("tcp", None, f"{type(exc).__name__}: {exc}")
     try:
         await link.send(encode(Connect(client_id, protocol_level=protocol_level, username=username,
                                        password=password, keep_alive=60)))
@@ -183,6 +192,10 @@ async def try_connect(host: str, port: int, ca_file: Path, *, client_id: str, us
                 return ConnectResult("closed", None, "closed without a CONNACK")
             for frame in framer.feed(data):
                 return ConnectResult("mqtt", int(decode(frame, protocol_level).reason_code), "CONNACK")
+    except TimeoutError:
+        return ConnectResult("timeout", None, f"no CONNACK within {timeout:g} s")
+    except ssl.SSLError as exc:
+        return ConnectResult("tls", None, str(exc))
     except (ConnectionError, asyncio.IncompleteReadError, h11.RemoteProtocolError) as exc:
         return ConnectResult("closed", None, str(exc) or type(exc).__name__)
     finally:

@@ -189,6 +189,8 @@ def _broker_config(directory: Path | None, host: str, port: int, unix_socket: bo
             raise IotgateError(f"{path}: missing; run `iotgate --home {home} pki init` first")
     return BrokerConfig(pki, directory or home / "broker", host=host, port=port, unix_socket=unix_socket,
                         clients="devices" if allow_devices else "gateway",
+                        # devices have no gateway before them to enforce AWS IoT's 128 KiB payload limit
+                        message_size_limit=128 * 1024 if allow_devices else None,
                         # devices talking to the broker directly may use their own topics only
                         acl_extra="pattern readwrite dt/%u/#\npattern readwrite cmd/%u/#\n" if allow_devices else "")
 

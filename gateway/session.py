@@ -9,6 +9,8 @@ upstream broker, the time when it matters, and registry changes; the session ans
     out.events      access-log events (dicts without time; the shell stamps and writes them)
     out.claim       a client id this session now owns (the shell closes the older holder: takeover)
     out.close       a Close: the session is over; the shell flushes, then closes both sides
+    out.service     for the gateway's `$aws/...` services (gateway.services): ("request", topic, payload) of an
+                    allowed request, ("subscribed" | "unsubscribed", filters) for lifecycle events
 
 Packets are forwarded as their original bytes; only what a decision needs is decoded (topic, QoS, retain,
 packet id). Packet ids are mirrored 1:1 because each device has its own upstream connection. A refusal is a
@@ -38,6 +40,7 @@ from gateway.mqtt import (
     ReasonCode,
     SubAck,
     Subscribe,
+    Subscription,
     UnsubAck,
     connect_return_code_for,
     decode,
@@ -86,7 +89,7 @@ class Close:
 
 
 class Output:
-    __slots__ = ("device", "upstream", "events", "open_upstream", "claim", "close")
+    __slots__ = ("device", "upstream", "events", "open_upstream", "claim", "close", "service")
 
     def __init__(self) -> None:
         self.device: list = []
@@ -95,6 +98,7 @@ class Output:
         self.open_upstream = False
         self.claim: str | None = None
         self.close: Close | None = None
+        self.service: list[tuple] = []
 
 
 # --------------------------------------------------------------------------------------------- rate limits
@@ -190,6 +194,11 @@ def is_reserved(topic: str) -> bool:
     return topic[:1] == "$"
 
 
+def is_service_topic(topic: str) -> bool:
+    """`$aws/...`: requests go to the gateway's services; filters on their replies and events are held upstream."""
+    return topic[:5] == "$aws/"
+
+
 # --------------------------------------------------------------------------------------------- session
 
 class Session:
@@ -202,13 +211,14 @@ class Session:
         "_upstream_connect", "_connect_decision", "_requested_keepalive", "_assigned", "_session_expiry",
         "_expiry_granted",
         "_pending", "_pending_bytes", "_aliases", "_inflight", "_subs", "_reserved", "_hash_parents", "_subacks",
-        "_pub_bucket", "_byte_bucket", "_throttle_logged",
+        "_pub_bucket", "_byte_bucket", "_throttle_logged", "_serves",
     )
 
     def __init__(self, peer: Peer, auth: Principal | AuthRefusal, limits: Limits, *,
                  connect_limiter: RateLimiter | None = None,
                  upstream_username: str | None = None, upstream_password: bytes | None = None,
-                 assign_client_id: Callable[[], str] | None = None, now: float = 0.0) -> None:
+                 assign_client_id: Callable[[], str] | None = None, now: float = 0.0,
+                 serves: Callable[[str], bool] | None = None) -> None:
         self.peer = peer
         self.limits = limits
         self.out = Output()
@@ -246,6 +256,7 @@ class Session:
         self._byte_bucket = TokenBucket(limits.publish_bytes_rate,
                                         max(limits.publish_bytes_rate, limits.max_packet_size), now)
         self._throttle_logged = -1.0
+        self._serves = serves  # which `$aws/...` topics the gateway's services answer (None: no services)
         self.last_device_rx = now
         self.packets_in = 0
         self.published = 0  # publishes forwarded upstream
@@ -351,7 +362,9 @@ class Session:
             refuse(R.BAD_AUTHENTICATION_METHOD, "auth_method", "enhanced authentication (AUTH) is not supported")
             return
         if not client_id:
-            if self.level == 4 or self._assign_client_id is None:
+            # The server may assign one [MQTT-3.1.3-6], as AWS IoT does on MQTT 5 (Assigned Client Identifier);
+            # a 3.1.1 CONNECT that also asks to keep the session never gets here (the codec: [MQTT-3.1.3-8]).
+            if self._assign_client_id is None:
                 refuse(R.CLIENT_IDENTIFIER_NOT_VALID, "client_id_invalid", "empty client id")
                 return
             client_id = self._assigned = self._assign_client_id()
@@ -511,6 +524,9 @@ class Session:
             self._throttled(header.packet_id, qos, resource, now)
             return
         if is_reserved(topic):
+            if self._serves is not None and is_service_topic(topic) and self._serves(topic):
+                self._service_request(frame, header, resource)
+                return
             self._refuse_publish(header.packet_id, qos, R.NOT_AUTHORIZED, "reserved_topic",
                                  "reserved topic: never forwarded upstream", resource, None)
             return
@@ -545,6 +561,17 @@ class Session:
         else:
             self.out.upstream.append(frame.data)
         self.published += 1
+
+    def _service_request(self, frame: Frame, header, resource: str) -> None:
+        """A request to the gateway's services: decided by iot:Publish, acknowledged here, answered by them."""
+        decision = self._decide("iot:Publish", resource)
+        if not decision.allowed:
+            self._refuse_publish(header.packet_id, header.qos, R.NOT_AUTHORIZED, "publish_denied",
+                                 decision_reason(decision), resource, decision)
+            return
+        self.out.service.append(("request", resource[6:], bytes(frame.data[header.payload_offset:])))
+        if header.qos:
+            self.out.device.append(encode(PubAck(header.packet_id), self.level))
 
     def _throttled(self, packet_id: int | None, qos: int, resource: str, now: float) -> None:
         if self.level == 5 and qos:
@@ -604,7 +631,7 @@ class Session:
             resource = f"topicfilter/{flt}"
             _, bare = split_shared_subscription(flt)
             refusal = None
-            if is_reserved(bare):
+            if is_reserved(bare) and not (self._serves is not None and is_service_topic(bare)):
                 refusal = (R.NOT_AUTHORIZED, "reserved_topic", "reserved topic filter: never forwarded upstream",
                            None)
             elif (problem := topic_problem(flt, lim, is_filter=True)) is not None:
@@ -625,12 +652,24 @@ class Session:
                 known += 1
             self._reserved.add(flt)
             codes.append(None)
-            forward.append(dataclasses.replace(sub, qos=min(sub.qos, 1), retain_as_published=False))
+            forward.append(self._upstream_subscription(sub))
         if not forward:
             self.out.device.append(encode(SubAck(pid, tuple(codes)), level))
             return
         self._subacks[pid] = (codes, [s.topic_filter for s in forward])
         self.out.upstream.append(encode(Subscribe(pid, tuple(forward), packet.properties), level))
+
+    def _upstream_subscription(self, sub: Subscription) -> Subscription:
+        """The filter as the broker gets it: QoS at most 1; on MQTT 5 a wildcard or shared filter asks for no
+        retained messages at subscription (AWS IoT sends them only to exact, unshared filters), so every
+        retained delivery from the broker is one AWS IoT would send too, whatever Retain As Published says."""
+        qos = min(sub.qos, 1)
+        if self.level != 5:
+            return dataclasses.replace(sub, qos=qos)
+        share, bare = split_shared_subscription(sub.topic_filter)
+        if share is not None or "+" in bare or "#" in bare:
+            return dataclasses.replace(sub, qos=qos, retain_handling=2)
+        return dataclasses.replace(sub, qos=qos)
 
     def _on_unsubscribe(self, frame: Frame, now: float) -> None:
         packet = decode(frame, self.level)
@@ -648,6 +687,7 @@ class Session:
             self._subs.pop(flt, None)
         self._subs_changed()
         self.out.upstream.append(frame.data)
+        self.out.service.append(("unsubscribed", list(packet.topic_filters)))
 
     def _on_pingreq(self, frame: Frame, now: float) -> None:
         if frame.remaining_length:
@@ -658,16 +698,21 @@ class Session:
         packet = decode(frame, self.level)
         data = frame.data
         expiry = packet.properties.session_expiry_interval if self.level == 5 else None
-        if expiry is not None and expiry > self._expiry_granted:
+        note = ""
+        if expiry is not None and expiry > 0:
             if self._expiry_granted == 0:
                 raise MQTTProtocolError("DISCONNECT sets a session expiry interval after CONNECT set none",
-                                        R.PROTOCOL_ERROR, "[MQTT-3.14.2-2]", protocol_level=5)
-            # Never longer than granted at CONNECT: the broker would otherwise keep the session past the cap.
-            data = encode(dataclasses.replace(packet, properties=dataclasses.replace(
-                packet.properties, session_expiry_interval=self._expiry_granted)), 5)
+                                        R.PROTOCOL_ERROR, "§3.14.2.2.2", protocol_level=5)
+            # The DISCONNECT's value replaces the CONNECT's (AWS IoT and §3.14.2.2.2), up to the same maximum.
+            cap = self.limits.session_expiry_max
+            if expiry > cap:
+                note = f"; session expiry interval lowered from {expiry} s to {cap} s (the maximum)"
+                data = encode(dataclasses.replace(packet, properties=dataclasses.replace(
+                    packet.properties, session_expiry_interval=cap)), 5)
         self.out.upstream.append(data)
         code = int(packet.reason_code)
         detail = "device disconnected" if code == 0 else f"device disconnected with reason 0x{code:02X}"
+        detail += note
         self._close(Close("disconnect", detail, None, graceful_upstream=True), outcome="closed")
 
     # ------------------------------------------------------------------ input: upstream bytes
@@ -702,7 +747,10 @@ class Session:
         if not topic:
             self._upstream_violation("the broker used a topic alias the gateway never allowed")
             return
-        if (header.retain or topic in self._hash_parents) and not self._aws_deliverable(topic, header.retain):
+        # On MQTT 5 the broker sends no retained message at subscription to a wildcard or shared filter (see
+        # _upstream_subscription): a retained delivery is one AWS IoT sends too, Retain As Published included.
+        retained = header.retain and self.level != 5
+        if (retained or topic in self._hash_parents) and not self._aws_deliverable(topic, retained):
             self._drop_delivery(header.packet_id)
             return
         resource = f"topic/{topic}"
@@ -753,6 +801,7 @@ class Session:
             self._upstream_violation("SUBACK with the wrong number of reason codes")
             return
         it = iter(zip(filters, granted))
+        subscribed = []
         for i, code in enumerate(codes):
             if code is None:
                 flt, up = next(it)
@@ -760,8 +809,11 @@ class Session:
                 up = int(up)
                 if up < 0x80:
                     self._subs[flt] = up
+                    subscribed.append(flt)
                 codes[i] = up
         self._subs_changed()
+        if subscribed:
+            self.out.service.append(("subscribed", subscribed))
         self.out.device.append(encode(SubAck(packet.packet_id, tuple(codes)), self.level))
 
     def _up_forward(self, frame: Frame) -> None:

@@ -11,7 +11,8 @@ from rich.markup import escape
 
 from certs.errors import IotgateError
 from gateway.cli import broker, gateway
-from iotgate.commands import authorizer, aws, ca, cert, fleet, identity, loadtest, pki, policy, template, thing
+from iotgate.commands import (authorizer, aws, ca, cert, fleet, identity, job, loadtest, pki, policy, shadow,
+                              template, thing)
 from iotgate.commands.qualify import qualify
 from iotgate.context import DEFAULT_HOME, AppContext, err_console
 
@@ -32,7 +33,7 @@ def cli(ctx: click.Context, home: Path, registry_url: str | None) -> None:
 
 
 for group in (pki.pki, cert.cert, ca.ca, thing.thing, policy.policy, template.template, authorizer.authorizer,
-              identity.identity, fleet.fleet, loadtest.loadtest, aws.aws, gateway, broker, qualify):
+              identity.identity, fleet.fleet, loadtest.loadtest, shadow.shadow, job.job, aws.aws, gateway, broker, qualify):
     cli.add_command(group)
 
 

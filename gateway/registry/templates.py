@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from . import changes as ch
 from . import model as m
 from . import schema as t
 from .errors import AlreadyExists, InvalidValue, NotFound
@@ -182,6 +183,7 @@ class TemplateTables:
                                        "registration config names a JITP template")
             tx.conn.execute(sa.update(t.cas).where(t.cas.c.ca_id == ident)
                             .values(auto_registration=bool(auto_registration)))
+            tx.note(ch.CA_KIND, ident)
             tx.conn.execute(sa.delete(ca_registration).where(ca_registration.c.ca_id == ident))
             if body is not None or name is not None:
                 tx.conn.execute(sa.insert(ca_registration).values(ca_id=ident, template_body=body,

@@ -46,6 +46,9 @@ class BrokerConfig:
     username: str = GATEWAY_CLIENT_CN
     run_as_root: bool = dataclasses.field(default_factory=lambda: os.geteuid() == 0)
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE
+    # The largest PUBLISH payload accepted (Mosquitto drops a larger one); None: only max_packet_size applies.
+    # Set to AWS IoT's 128 KiB for devices that reach the broker directly; the gateway enforces it itself.
+    message_size_limit: int | None = None
     # Who may connect over mTLS. "gateway": only certificates of the upstream CA, which issues the gateway's
     # own identity and nothing else (the gateway's upstream broker). "devices": device certificates of the
     # issuing CA too, for a plain Mosquitto that devices reach directly (simulator runs against Mosquitto,
@@ -109,6 +112,8 @@ def render(config: BrokerConfig) -> str:
     text = string.Template(TEMPLATE.read_text()).substitute(
         user_line="user root" if config.run_as_root else "",
         max_packet_size=config.max_packet_size,
+        message_size_line=("" if config.message_size_limit is None else
+                           f"# a payload above AWS IoT's limit is dropped\nmessage_size_limit {config.message_size_limit}"),
         host=config.host,
         port=config.port,
         cafile=cafile,
@@ -128,9 +133,9 @@ def write_config(config: BrokerConfig) -> Path:
     the password."""
     config.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(config.directory, 0o700)
-    # `#` does not match topics that start with `$`: the gateway's own `$aws/...` messages (events) need their line
-    acl = (f"# only the iotgate gateway's own identity may use this broker\nuser {config.username}\n"
-           "topic readwrite #\ntopic readwrite $aws/#\n")
+    acl = f"# only the iotgate gateway's own identity may use this broker\nuser {config.username}\ntopic readwrite #\n"
+    # `#` does not match topics that start with `$`: the gateway's services publish and its devices subscribe there
+    acl += "topic readwrite $aws/#\n"
     if config.acl_extra:
         acl += f"\n# extra rules of this broker's configuration\n{config.acl_extra.rstrip()}\n"
     write_file(config.acl_path, acl.encode(), mode=0o600)

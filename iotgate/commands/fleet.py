@@ -132,11 +132,14 @@ def _live_table(snapshot: dict, previous: dict | None, interval: float):
 @click.option("--ca-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="CA for the server (default: the home's root; for AWS: Amazon Root CA 1).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for chaos choices and jitter.")
+@click.option("--token-port", type=click.IntRange(min=1, max=65535), default=None,
+              help="The gateway's token listener (gateway run --token-port), for the token and SigV4 attackers.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 @pass_app
 def run(app: AppContext, target: str, endpoint: str, device_count: int, rate: str | None, duration: float | None,
         scenario_spec: str, report_dir: Path | None, connector: str, slo: str | None, strict: bool,
-        keep_identities: bool, server_name: str | None, ca_file: Path | None, seed: int, as_json: bool) -> None:
+        keep_identities: bool, server_name: str | None, ca_file: Path | None, seed: int, token_port: int | None,
+        as_json: bool) -> None:
     """Simulate a fleet: devices, attackers and chaos from a scenario; compare outcomes with expectations.
 
     Exit code 0: PASS, every group met its expectation on evidence and every --slo gate passed (skipped checks are
@@ -184,7 +187,7 @@ def run(app: AppContext, target: str, endpoint: str, device_count: int, rate: st
     plan = FleetPlan(target=target, endpoint=ep, devices=device_count, scenario=scenario, duration=duration,
                      rate=connects_per_s, connector=connector, local=local, devices_dir=devices_dir,
                      ca_file=str(ca_file) if ca_file else None, slo=gates, seed=seed, strict=strict,
-                     keep_identities=keep_identities, on_tick=on_tick)
+                     keep_identities=keep_identities, on_tick=on_tick, token_port=token_port)
     show_live = not as_json and sys.stdout.isatty()
     try:
         try:

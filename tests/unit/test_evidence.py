@@ -184,3 +184,30 @@ def test_a_skipped_check_has_its_own_colour_and_place_in_the_html_report(tmp_pat
     text = write_html(tmp_path / "r.html", report, None).read_text()
     assert "<tr class=\"skipped\"><td>attacker:revoked</td>" in text and ".skipped{background:" in text
     assert "result: PASS, 1 check skipped: attacker:revoked" in text
+
+
+TOKEN_CONNECTS = [  # try_connect's (stage, code, detail) -> outcome, detail contains
+    (("mqtt", 0, "CONNACK"), O.ALLOWED, "CONNACK accepted"),
+    (("mqtt", 0x87, "CONNACK"), O.REFUSED_MQTT, "CONNACK NOT_AUTHORIZED (0x87)"),
+    (("mqtt", 0x05, "CONNACK"), O.REFUSED_MQTT, "0x05"),
+    (("http", 403, '{"message": "Forbidden"}'), O.REFUSED_HTTP, "HTTP 403 on the WebSocket upgrade"),
+    (("http", 401, ""), O.REFUSED_HTTP, "HTTP 401"),
+    # a wrong path or a broken server is no refusal of the credential
+    (("http", 404, "not found"), O.INCONCLUSIVE, "not a refusal"),
+    (("http", 502, "bad gateway"), O.INCONCLUSIVE, "HTTP 502"),
+    (("tls", None, "[SSL: TLSV1_ALERT_NO_APPLICATION_PROTOCOL] alert"), O.REFUSED_TLS, "TLSV1_ALERT_NO_APPLICATION"),
+    (("tls", None, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"), O.INCONCLUSIVE, "this side"),
+    (("closed", None, "closed without a CONNACK"), O.CLOSED, "closed by the server"),
+    (("tcp", None, "ConnectionRefusedError: refused"), O.INCONCLUSIVE, "tcp"),
+    (("timeout", None, "no CONNACK within 5 s"), O.INCONCLUSIVE, "timeout"),
+]
+
+
+@pytest.mark.parametrize("seen,outcome,text", TOKEN_CONNECTS, ids=[f"{c[0][0]}-{c[0][1]}" for c in TOKEN_CONNECTS])
+def test_token_connect_evidence(seen, outcome, text):
+    from devices.evidence import classify_token_connect
+    from devices.tokens import ConnectResult
+
+    got, detail = classify_token_connect(ConnectResult(*seen))
+    assert got is outcome and text in detail
+    assert got.refused == (outcome in (O.REFUSED_MQTT, O.REFUSED_HTTP, O.REFUSED_TLS, O.CLOSED))

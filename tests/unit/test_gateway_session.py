@@ -76,11 +76,11 @@ def drain(session: Session) -> tuple[list, list, list]:
 
 
 def connected(level: int = 5, auth=None, limits: Limits = LIMITS, connect: Connect | None = None,
-              connack: Connack | None = None) -> Session:
+              connack: Connack | None = None, serves=None) -> Session:
     """A session past CONNECT, upstream CONNECT and CONNACK, with its outputs drained."""
     session = Session(Peer("192.0.2.7", 40000, "localhost", "TLSv1.3"), auth or principal(), limits,
                       connect_limiter=RateLimiter(100, 100), upstream_username="iotgate-gateway",
-                      upstream_password=GATEWAY_PASSWORD, assign_client_id=lambda: "assigned-1")
+                      upstream_password=GATEWAY_PASSWORD, assign_client_id=lambda: "assigned-1", serves=serves)
     connect = connect or Connect("alice", protocol_level=level, username="dev", password=b"device-pw")
     session.receive_device(encode(connect, level), 0.0)
     if session.closed:
@@ -146,13 +146,43 @@ def test_v3_refusal_without_a_return_code_just_closes():
     assert session.out.device == [] and session.closed
 
 
+ANY_CLIENT = parse_policy('{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:Connect", '
+                          '"Resource": "*"}]}', name="any")
+
+
 def test_v5_empty_client_id_gets_an_assigned_one():
-    session = connected(5, principal(parse_policy('{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", '
-                                                  '"Action": "iot:Connect", "Resource": "*"}]}', name="any")),
-                        connect=Connect("", protocol_level=5))
+    session = connected(5, principal(ANY_CLIENT), connect=Connect("", protocol_level=5))
     (connack,) = packets(session.out.device, 5)
     assert connack.properties.assigned_client_identifier == "assigned-1"
     assert session.client_id == "assigned-1"
+
+
+def test_v3_empty_client_id_with_clean_session_gets_an_assigned_one():
+    # [MQTT-3.1.3-6]: the server may assign one; the 3.1.1 CONNACK cannot carry it, a clean session needs none.
+    session = connected(4, principal(ANY_CLIENT), connect=Connect("", protocol_level=4, clean_start=True))
+    (connack,) = packets(session.out.device, 4)
+    assert connack.reason_code == 0 and not connack.session_present
+    assert session.client_id == "assigned-1" and session.state is State.ACTIVE
+    (upstream,) = packets(session.out.upstream, 4)
+    assert upstream.client_id == "assigned-1" and upstream.clean_start
+    (event,) = session.out.events
+    assert (event["event"], event["decision"], event["resource"]) == ("connect", "allowed", "client/assigned-1")
+
+
+def test_v3_empty_client_id_without_clean_session_is_identifier_rejected():
+    # [MQTT-3.1.3-8]: CONNACK 0x02 "identifier rejected", then close.
+    session = Session(Peer("192.0.2.7", 1), principal(ANY_CLIENT), LIMITS, assign_client_id=lambda: "assigned-1")
+    session.receive_device(b"\x10\x0c\x00\x04MQTT\x04\x00\x00\x3c\x00\x00", 0.0)  # Clean Session 0, id ""
+    assert session.out.device == [b"\x20\x02\x00\x02"]
+    assert session.closed and session.out.close.key == "malformed_connect" and not session.out.open_upstream
+    assert "[MQTT-3.1.3-8]" in session.out.events[0]["reason"]
+
+
+def test_v3_empty_client_id_is_still_checked_by_the_policy():
+    # The assigned id is what iot:Connect sees: a policy naming the thing refuses it, as any other id.
+    session = connected(4, connect=Connect("", protocol_level=4))
+    assert session.out.device == [b"\x20\x02\x00\x05"] and session.out.close.key == "connect_denied"
+    assert session.out.events[0]["resource"] == "client/assigned-1"
 
 
 def test_unauthorized_will_is_dropped_not_refused():
@@ -253,8 +283,25 @@ CASES = [
     Case("subscribe: denied filters answered here, others upstream, QoS 2 -> 1", 5,
          device_in=[Subscribe(3, (Subscription("room/+", 2), Subscription("#", 0), Subscription("room/b", 1)))],
          upstream_in=[SubAck(3, (1, 1))],
-         to_upstream=[Subscribe(3, (Subscription("room/+", 1), Subscription("room/b", 1)))],
+         to_upstream=[Subscribe(3, (Subscription("room/+", 1, retain_handling=2), Subscription("room/b", 1)))],
          to_device=[SubAck(3, (1, R.NOT_AUTHORIZED, 1))], events=[("subscribe", "denied", "subscribe_denied")]),
+    # AWS IoT sends retained messages at subscription only to exact, unshared filters: the broker is asked for
+    # none on the others (Retain Handling 2), so the options the device chose, Retain As Published among them,
+    # go upstream as they are.
+    Case("subscribe options: Retain As Published and No Local go upstream", 5,
+         device_in=[Subscribe(3, (Subscription("room/x", 1, no_local=True, retain_as_published=True,
+                                               retain_handling=1),
+                                  Subscription("room/#", 1, retain_as_published=True),
+                                  Subscription("room/+", 0)))],
+         upstream_in=[SubAck(3, (1, 1, 0))],
+         to_upstream=[Subscribe(3, (Subscription("room/x", 1, no_local=True, retain_as_published=True,
+                                                 retain_handling=1),
+                                    Subscription("room/#", 1, retain_as_published=True, retain_handling=2),
+                                    Subscription("room/+", 0, retain_handling=2)))],
+         to_device=[SubAck(3, (1, 1, 0))]),
+    Case("v3 subscribe has no options to rewrite", 4,
+         device_in=[Subscribe(3, (Subscription("room/+", 1),))], upstream_in=[SubAck(3, (1,))],
+         to_upstream=[Subscribe(3, (Subscription("room/+", 1),))], to_device=[SubAck(3, (1,))]),
     Case("v3 subscribe all denied: SUBACK 0x80 without the broker", 4,
          device_in=[Subscribe(3, (Subscription("#", 0),))], to_device=[SubAck(3, (0x80,))],
          events=[("subscribe", "denied", "subscribe_denied")]),
@@ -339,30 +386,46 @@ def test_every_case_also_works_byte_at_a_time():
 
 # --------------------------------------------------------------------------------------------- AWS delivery semantics
 
-def subscribed(*filters: str) -> Session:
-    session = connected(5)
-    session.receive_device(encode(Subscribe(1, tuple(Subscription(f, 1) for f in filters)), 5), 0.0)
-    session.receive_upstream(encode(SubAck(1, tuple(1 for _ in filters)), 5))
+def subscribed(*filters: str, level: int = 5, retain_as_published: bool = False) -> Session:
+    session = connected(level)
+    session.receive_device(encode(Subscribe(1, tuple(Subscription(f, 1, retain_as_published=retain_as_published)
+                                                     for f in filters)), level), 0.0)
+    session.receive_upstream(encode(SubAck(1, tuple(1 for _ in filters)), level))
     drain(session)
     return session
 
 
-@pytest.mark.parametrize("filters,topic,retain,delivered", [
-    (("room/#",), "room", False, False),          # AWS: `a/#` does not match its parent `a`
-    (("room/#", "room/+"), "room", False, False),
-    (("room/#",), "room/x", False, True),
-    (("room/#",), "room/x", True, False),         # retained: never to a wildcard filter
-    (("room/x",), "room/x", True, True),          # retained: exact filter
-    (("room/+", "room/x"), "room/x", True, True),
+@pytest.mark.parametrize("level,filters,topic,retain,delivered", [
+    (5, ("room/#",), "room", False, False),          # AWS: `a/#` does not match its parent `a`
+    (5, ("room/#", "room/+"), "room", False, False),
+    (5, ("room/#",), "room/x", False, True),
+    (5, ("room/x",), "room/x", True, True),          # retained: exact filter
+    (5, ("room/+", "room/x"), "room/x", True, True),
+    # MQTT 5: the broker sends a wildcard filter no retained message at subscription (Retain Handling 2), so a
+    # retained delivery there is a live one kept as published [MQTT-3.3.1-12]
+    (5, ("room/#",), "room/x", True, True),
+    (5, ("room/#",), "room", True, False),           # ... and `a/#` still does not match `a`
+    # MQTT 3.1.1 has no subscription options: RETAIN on a delivery means "sent at subscription", which AWS IoT
+    # sends only to exact filters
+    (4, ("room/#",), "room/x", True, False),
+    (4, ("room/+", "room/x"), "room/x", True, True),
+    (4, ("room/#",), "room", False, False),
 ])
-def test_aws_matching_of_deliveries(filters, topic, retain, delivered):
-    session = subscribed(*filters)
-    session.receive_upstream(encode(Publish(topic, b"m", qos=1, retain=retain, packet_id=5), 5))
+def test_aws_matching_of_deliveries(level, filters, topic, retain, delivered):
+    session = subscribed(*filters, level=level)
+    session.receive_upstream(encode(Publish(topic, b"m", qos=1, retain=retain, packet_id=5), level))
     device, upstream, _ = drain(session)
     if delivered:
-        assert [p.topic for p in device] == [topic] and upstream == []
+        assert [(p.topic, p.retain) for p in device] == [(topic, retain)] and upstream == []
     else:
         assert device == [] and upstream == [PubAck(5)]
+
+
+def test_retain_as_published_delivery_keeps_its_bytes():
+    session = subscribed("room/+", retain_as_published=True)
+    wire = encode(Publish("room/x", b"live", qos=1, retain=True, packet_id=6), 5)
+    session.receive_upstream(wire)
+    assert session.out.device == [wire] and session.out.upstream == []
 
 
 # --------------------------------------------------------------------------------------------- registry changes
@@ -549,21 +612,35 @@ def test_unsubscribes_share_the_publish_rate():
 
 # --------------------------------------------------------------------------------------------- DISCONNECT
 
-@pytest.mark.parametrize("at_connect,at_disconnect,upstream_expiry", [
-    (600, 0xFFFFFFFF, 600),       # never longer than granted at CONNECT
-    (86400, 0xFFFFFFFF, 3600),    # ... which itself was capped
-    (600, 60, 60),                # shorter is the device's right
-    (600, None, None),            # absent: the CONNECT's value stands
-    (None, 0, 0),
+# AWS IoT: "Otherwise, the Session Expiry Interval on DISCONNECT packet will update the Session Expiry Interval of
+# the current session", within the account's maximum (one hour by default).
+@pytest.mark.parametrize("at_connect,at_disconnect,upstream_expiry,lowered", [
+    (1, 5, 5, False),             # raised from a non-zero CONNECT value: allowed (§3.14.2.2.2)
+    (600, 3600, 3600, False),     # up to the maximum
+    (600, 0xFFFFFFFF, 3600, True),   # never beyond it: lowered, and the log says so
+    (86400, 7200, 3600, True),    # the CONNECT's value was capped too
+    (600, 60, 60, False),         # shorter is the device's right
+    (600, 0, 0, False),           # 0 ends the session at DISCONNECT
+    (600, None, None, False),     # absent: the CONNECT's value stands
+    (None, 0, 0, False),
 ])
-def test_disconnect_session_expiry_is_clamped_to_the_connect_grant(at_connect, at_disconnect, upstream_expiry):
+def test_disconnect_session_expiry_updates_the_session_up_to_the_maximum(at_connect, at_disconnect,
+                                                                          upstream_expiry, lowered):
     connect = Connect("alice", protocol_level=5, properties=Properties(session_expiry_interval=at_connect))
     session = connected(5, connect=connect)
     drain(session)
-    session.receive_device(encode(Disconnect(properties=Properties(session_expiry_interval=at_disconnect)), 5), 1.0)
-    device, upstream, _ = drain(session)
-    assert device == [] and [p.properties.session_expiry_interval for p in upstream] == [upstream_expiry]
+    sent = encode(Disconnect(properties=Properties(session_expiry_interval=at_disconnect)), 5)
+    session.receive_device(sent, 1.0)
+    assert session.out.device == []
+    if not lowered:
+        assert session.out.upstream == [sent]  # forwarded as its original bytes
+    device, upstream, events = drain(session)
+    assert [p.properties.session_expiry_interval for p in upstream] == [upstream_expiry]
     assert session.out.close.key == "disconnect" and session.out.close.graceful_upstream
+    (event,) = events
+    assert (event["event"], event["decision"], event["kind"]) == ("disconnect", "closed", "disconnect")
+    note = f"session expiry interval lowered from {at_disconnect} s to 3600 s (the maximum)"
+    assert (note in event["reason"]) is lowered
 
 
 def test_disconnect_session_expiry_after_none_at_connect_is_a_protocol_error():
@@ -573,7 +650,16 @@ def test_disconnect_session_expiry_after_none_at_connect_is_a_protocol_error():
     device, upstream, events = drain(session)
     assert device == [Disconnect(R.PROTOCOL_ERROR)] and upstream == []
     assert session.out.close.key == "protocol_error" and not session.out.close.graceful_upstream
-    assert "[MQTT-3.14.2-2]" in events[0]["reason"]
+    assert "§3.14.2.2.2" in events[0]["reason"]
+
+
+def test_disconnect_session_expiry_after_zero_at_connect_is_a_protocol_error():
+    session = connected(5, connect=Connect("alice", protocol_level=5,
+                                           properties=Properties(session_expiry_interval=0)))
+    drain(session)
+    session.receive_device(encode(Disconnect(properties=Properties(session_expiry_interval=5)), 5), 1.0)
+    device, upstream, _ = drain(session)
+    assert device == [Disconnect(R.PROTOCOL_ERROR)] and upstream == []
 
 
 # --------------------------------------------------------------------------------------------- PUBLISH accounting
@@ -613,3 +699,82 @@ def test_too_many_packets_before_connack(level, device):
     session.receive_device(encode(Connect("alice", protocol_level=level), level) + flood, 0.0)
     assert packets(session.out.device, level) == device  # 3.1.1 has no return code for it: closed, no CONNACK
     assert session.closed and session.out.close.key == "quota_exceeded"
+
+
+def test_shared_filters_ask_the_broker_for_no_retained_messages():
+    # AWS IoT: "Shared subscriptions don't receive retained messages when subscribing to topic patterns".
+    anything = parse_policy('{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": '
+                            '["iot:Connect", "iot:Subscribe"], "Resource": "*"}]}', name="anything")
+    session = connected(5, principal(anything))
+    drain(session)
+    shared = Subscription("$share/g/room/y", 1, retain_as_published=True)
+    session.receive_device(encode(Subscribe(2, (shared,)), 5), 0.0)
+    _, upstream, _ = drain(session)
+    assert upstream == [Subscribe(2, (dataclasses.replace(shared, retain_handling=2),))]
+
+
+# --------------------------------------------------------------------------------------------- `$aws/` services
+
+def _shadow_topics(topic: str) -> bool:
+    return topic.startswith("$aws/things/") and topic.rsplit("/", 1)[-1] in ("get", "update", "delete")
+
+
+SERVICE_CASES = [
+    # (name, level, packet, services, expected to device, expected service effects, event kind)
+    ("allowed request goes to the services, acknowledged", 5,
+     Publish("$aws/things/alice/shadow/get", b"{}", qos=1, packet_id=4), _shadow_topics,
+     [PubAck(4)], [("request", "$aws/things/alice/shadow/get", b"{}")], None),
+    ("allowed request on 3.1.1", 4, Publish("$aws/things/alice/shadow/update", b"{}", qos=1, packet_id=4),
+     _shadow_topics, [PubAck(4)], [("request", "$aws/things/alice/shadow/update", b"{}")], None),
+    ("request outside the policy is refused", 5, Publish("$aws/things/bob/shadow/get", b"", qos=1, packet_id=5),
+     _shadow_topics, [PubAck(5, R.NOT_AUTHORIZED)], [], "publish_denied"),
+    ("topic no service answers is reserved", 5, Publish("$aws/things/alice/shadow/get/accepted", b"", qos=1,
+                                                       packet_id=6),
+     _shadow_topics, [PubAck(6, R.NOT_AUTHORIZED)], [], "reserved_topic"),
+    ("without services every $aws topic is reserved", 5, Publish("$aws/things/alice/shadow/get", b"", qos=1,
+                                                                packet_id=7),
+     None, [PubAck(7, R.NOT_AUTHORIZED)], [], "reserved_topic"),
+]
+
+SERVICE_POLICY = parse_policy("""{
+  "Version": "2012-10-17",
+  "Statement": [
+    {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
+    {"Effect": "Allow", "Action": ["iot:Publish", "iot:Subscribe"],
+     "Resource": ["arn:aws:iot:*:*:topic/$aws/things/alice/*", "arn:aws:iot:*:*:topicfilter/$aws/things/alice/*"]}
+  ]
+}""", name="shadow")
+
+
+@pytest.mark.parametrize("name,level,packet,services,to_device,effects,kind", SERVICE_CASES,
+                         ids=[c[0] for c in SERVICE_CASES])
+def test_service_requests(name, level, packet, services, to_device, effects, kind):
+    session = connected(level, auth=principal(SERVICE_POLICY), serves=services)
+    drain(session)
+    session.receive_device(encode(packet, level), 1.0)
+    device, upstream, events = drain(session)
+    assert upstream == []  # never upstream
+    assert session.out.service == effects
+    if level == 4 and kind is not None:
+        assert session.closed
+    else:
+        assert device == to_device
+    assert [e["kind"] for e in events] == ([kind] if kind else [])
+
+
+def test_reply_filters_are_held_upstream_and_reported_for_lifecycle_events():
+    session = connected(5, auth=principal(SERVICE_POLICY), serves=_shadow_topics)
+    drain(session)
+    sub = Subscribe(9, (Subscription("$aws/things/alice/shadow/get/accepted", 1),
+                        Subscription("$aws/things/bob/shadow/get/accepted", 1), Subscription("$SYS/broker", 0)))
+    session.receive_device(encode(sub, 5), 1.0)
+    device, upstream, _ = drain(session)
+    assert device == [] and [s.topic_filter for s in upstream[0].subscriptions] == [
+        "$aws/things/alice/shadow/get/accepted"]
+    session.receive_upstream(encode(SubAck(9, (1,)), 5))
+    device, _, _ = drain(session)
+    assert device == [SubAck(9, (1, R.NOT_AUTHORIZED, R.NOT_AUTHORIZED))]
+    assert session.out.service == [("subscribed", ["$aws/things/alice/shadow/get/accepted"])]
+    session.out.service.clear()
+    session.receive_device(encode(Unsubscribe(10, ("$aws/things/alice/shadow/get/accepted",)), 5), 2.0)
+    assert session.out.service == [("unsubscribed", ["$aws/things/alice/shadow/get/accepted"])]

@@ -1,0 +1,182 @@
+"""Attackers without certificates: bad tokens for a custom authorizer and bad SigV4 signatures on MQTT over
+WebSocket, against the gateway's token listener.
+
+The run makes its own token world (:class:`TokenWorld`) in the local registry, as a team would for an app or a
+phone: an identity provider's RSA key and its JWKS file, a ``jwt`` authorizer that trusts it (audience
+``iotgate-fleet-run``, token signing on, with a signing key of its own); all bound to a
+policy that lets ``atk-*`` client ids connect and nothing else; and one SigV4 access key per signature attacker
+(two attackers signing in the same second with one key would send the same signature). They are deleted when
+the run ends.
+
+Every attack first connects once with a *valid* credential of the same kind (a fresh token, a fresh signature):
+a refusal of the bad one is evidence only from a target that accepted the good one. Then:
+
+* ``expired-token``: a JWT whose ``exp`` passed an hour ago (beyond any leeway);
+* ``foreign-audience-token``: a JWT signed by the same identity provider for another audience;
+* ``replayed-signature``: the signed WebSocket URL of the accepted control connection, used again;
+* ``wrong-secret-signature``: the access key id signed with a secret that is not its own.
+
+What came back is classified by :func:`devices.evidence.classify_token_connect`: a CONNACK 0 got in; a CONNACK
+refusal, an HTTP 401/403 on the upgrade, a TLS alert or a close after CONNECT is a refusal; no answer is
+inconclusive.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import json
+import os
+import secrets
+from pathlib import Path
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from devices.evidence import classify_token_connect
+from devices.report import Outcome
+from devices.tokens import ConnectResult, custom_auth_username, sign_token, sigv4_target, try_connect
+from gateway.auth.secrets import SecretBox
+from gateway.registry import NotFound, Registry
+
+TOKEN_ATTACKER_KINDS: dict[str, str] = {
+    "expired-token": "custom-authorizer JWT whose expiry has passed",
+    "foreign-audience-token": "custom-authorizer JWT issued for another audience",
+    "replayed-signature": "SigV4-signed WebSocket URL used a second time",
+    "wrong-secret-signature": "SigV4 signature made with a secret that is not the key's",
+}
+JWT_KINDS = ("expired-token", "foreign-audience-token")
+SIGV4_KINDS = ("replayed-signature", "wrong-secret-signature")
+AUTHORIZER = "iotgate-fleet-run-jwt"
+POLICY = "iotgate-fleet-run-token"
+AUDIENCE = "iotgate-fleet-run"
+ISSUER = "https://idp.fleet-run.iotgate.local"
+TOKEN_KEY = "token"
+KEY_IDENTITY = "iotgate-fleet-run"
+# what a token or key principal of the run may do: connect as an attacker, nothing more
+POLICY_DOCUMENT = json.dumps({"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/atk-*"}]})
+
+
+def _rsa() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@dataclasses.dataclass
+class TokenWorld:
+    """The run's identity provider, authorizer and access key (see the module docstring)."""
+
+    registry: Registry
+    box: SecretBox
+    idp: rsa.RSAPrivateKey
+    signer: rsa.RSAPrivateKey
+    region: str = "us-east-1"
+    authorizer: str = AUTHORIZER
+    keys: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)   # member -> (key id, secret)
+
+    @classmethod
+    def create(cls, registry: Registry, home: Path, scratch: Path, *, region: str = "us-east-1") -> TokenWorld:
+        """Register the run's authorizer, key and policy (replacing those a crashed run left behind)."""
+        idp, signer = _rsa(), _rsa()
+        scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(idp.public_key()))
+        jwk["kid"] = "fleet-run-1"
+        jwks = scratch / "fleet-run-jwks.json"
+        jwks.write_text(json.dumps({"keys": [jwk]}))
+        public = signer.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        cls.retire_leftovers(registry)
+        try:
+            registry.get_policy(POLICY)
+        except NotFound:
+            registry.create_policy(POLICY, POLICY_DOCUMENT)
+        registry.create_authorizer(AUTHORIZER, "jwt", config={"jwks_file": str(jwks), "issuer": ISSUER,
+                                                              "audience": AUDIENCE},
+                                   token_key_name=TOKEN_KEY, signing_keys={"run": public}, policies=[POLICY])
+        return cls(registry, SecretBox.load(home, create=True), idp, signer, region)
+
+    def add_key(self, member: str) -> tuple[str, str]:
+        """A long-term access key of its own for one signature attacker: (access key id, secret)."""
+        akid = "AKIA" + base64.b32encode(os.urandom(10)).decode("ascii")
+        secret = base64.b64encode(os.urandom(30)).decode("ascii")
+        self.registry.create_access_key(akid, KEY_IDENTITY, self.box.seal(akid, secret), policies=[POLICY])
+        self.keys[member] = (akid, secret)
+        return akid, secret
+
+    @staticmethod
+    def retire_leftovers(registry: Registry) -> None:
+        for key in registry.list_access_keys(KEY_IDENTITY):
+            registry.delete_access_key(key.access_key_id)
+        try:
+            registry.delete_authorizer(AUTHORIZER)
+        except NotFound:
+            pass
+
+    def retire(self, registry: Registry) -> None:
+        """Delete what :meth:`create` registered (the policy stays, attached to nothing)."""
+        self.retire_leftovers(registry)
+
+    # ------------------------------------------------------------------ credentials
+
+    def token(self, sub: str, now: dt.datetime, *, audience: str = AUDIENCE, lifetime: int = 600) -> str:
+        """A JWT from the run's identity provider; ``lifetime`` may be negative (already expired)."""
+        ts = int(now.timestamp())
+        issued = min(ts, ts + lifetime - 60)
+        return jwt.encode({"sub": sub, "iss": ISSUER, "aud": audience, "iat": issued, "exp": ts + lifetime},
+                          self.idp, algorithm="RS256", headers={"kid": "fleet-run-1"})
+
+    def username(self, token: str) -> str:
+        """The CONNECT username of the AWS IoT Device SDK's custom-authorizer connection, signed."""
+        return custom_auth_username(self.authorizer, TOKEN_KEY, token, sign_token(self.signer, token))
+
+    def signed_target(self, member: str, now: dt.datetime, *, secret: str | None = None,
+                      host: str = "localhost") -> str:
+        akid, own = self.keys[member]
+        return sigv4_target(host, akid, secret or own, self.region, now)
+
+
+async def _connect(kind: str, host: str, port: int, ca_file: str, client_id: str, timeout: float, *,
+                   username: str | None = None, target: str | None = None) -> ConnectResult:
+    return await try_connect(host, port, Path(ca_file), client_id=client_id, username=username,
+                             websocket_target=target, timeout=timeout)
+
+
+async def token_attack(kind: str, member: str, world: TokenWorld, *, host: str, port: int, ca_file: str,
+                       timeout: float, now: dt.datetime) -> tuple[Outcome, str]:
+    """One token or signature attacker against the token listener at ``host:port``."""
+    if kind in JWT_KINDS:
+        good = await _connect(kind, host, port, ca_file, member, timeout,
+                              username=world.username(world.token(member, now)))
+        if not good.accepted:
+            outcome, detail = classify_token_connect(good)
+            return Outcome.INCONCLUSIVE, (f"a valid token from the same identity provider was not accepted either "
+                                          f"({detail}): the refusal would prove nothing")
+        bad = (world.token(member, now, lifetime=-3600) if kind == "expired-token"
+               else world.token(member, now, audience="another-service"))
+        result = await _connect(kind, host, port, ca_file, member, timeout, username=world.username(bad))
+        outcome, detail = classify_token_connect(result)
+        what = "token expired an hour ago" if kind == "expired-token" else "token issued for audience another-service"
+        return outcome, f"{what}: {detail}"
+    if kind == "replayed-signature":
+        target = world.signed_target(member, now)
+        good = await _connect(kind, host, port, ca_file, member, timeout, target=target)
+        if not good.accepted:
+            outcome, detail = classify_token_connect(good)
+            return Outcome.INCONCLUSIVE, f"the first use of the signature was not accepted ({detail}): nothing to replay"
+        result = await _connect(kind, host, port, ca_file, member, timeout, target=target)
+        outcome, detail = classify_token_connect(result)
+        return outcome, f"the same signed URL again: {detail}"
+    if kind == "wrong-secret-signature":
+        good = await _connect(kind, host, port, ca_file, member, timeout, target=world.signed_target(member, now))
+        if not good.accepted:
+            outcome, detail = classify_token_connect(good)
+            return Outcome.INCONCLUSIVE, (f"a signature with the key's own secret was not accepted either ({detail}): "
+                                          "the refusal would prove nothing")
+        wrong = base64.b64encode(secrets.token_bytes(30)).decode("ascii")
+        result = await _connect(kind, host, port, ca_file, member, timeout,
+                                target=world.signed_target(member, now, secret=wrong))
+        outcome, detail = classify_token_connect(result)
+        return outcome, f"signed with a wrong secret for {world.keys[member][0]}: {detail}"
+    raise ValueError(f"unknown token attacker kind {kind!r}")
