@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import errno
+import os
 import secrets
 import socket
 import sys
@@ -38,7 +39,7 @@ from collections.abc import Callable
 import orjson
 
 from certs.keys import write_file
-from certs.store import PKIPaths
+from certs.store import PASSPHRASE_ENV, PKIPaths, PKIStore
 from gateway.auth import (
     AuthRefusal,
     AuthView,
@@ -241,6 +242,11 @@ class Connection:
             self.flush()
         except Exception as exc:  # noqa: BLE001
             self._crash(where, exc)
+
+    def service_reply(self, topic: str, payload: bytes) -> None:
+        session = self.session
+        if session is not None and not self.closed:
+            self._step("service reply", session.deliver_local, topic, payload)
 
     def device_data(self, data: bytes) -> None:
         session = self.session
@@ -590,7 +596,8 @@ class Gateway:
         if cfg.metrics_port:
             self._metrics_server = await start_metrics_server(self.metrics, cfg.metrics_host, cfg.metrics_port,
                                                                refresh=self.stats)
-        self.services = ServiceHub(self._registry, self.connector, clock=self.clock, on_error=self.internal_error)
+        self.services = ServiceHub(self._registry, self.connector, clock=self.clock, on_error=self.internal_error,
+                                   issuer=self._issuer, deliver=self._deliver, account=cfg.account, region=cfg.region)
         self._services = [
             self.loop.create_task(self.services.run(), name="iotgate-services"),
             self.loop.create_task(self._accept_loop(self._listener, False), name="iotgate-accept"),
@@ -1002,7 +1009,20 @@ class Gateway:
     def service_caller(self, conn: Connection) -> Caller:
         session = conn.session
         return Caller(session.client_id or "", session.certificate_id or conn.principal_key, session.thing,
-                      session.peer.ip)
+                      session.peer.ip, id(conn))
+
+    def _deliver(self, key: int, topic: str, payload: bytes) -> None:
+        """A service's answer to one connection (fleet provisioning: it may carry a private key)."""
+        for conn in self.connections:
+            if id(conn) == key:
+                conn.service_reply(topic, payload)
+                return
+
+    def _issuer(self):
+        """The CA that signs certificates made by fleet provisioning: the home's issuing CA (its key, with
+        IOTGATE_CA_PASSPHRASE when encrypted), loaded on first use."""
+        passphrase = os.environ.get(PASSPHRASE_ENV)
+        return PKIStore(self.config.home).load_issuer(passphrase.encode() if passphrase else None)
 
     def service_effects(self, conn: Connection, items: list[tuple]) -> None:
         """A session's `$aws/...` requests and subscription changes, handed to the services."""
