@@ -210,3 +210,26 @@ def test_a_hook_command_answers_as_a_lambda(tmp_path):
     assert not run_hook(f"{sys.executable} {script}", {"parameters": {"SerialNumber": "bad"}}).allow
     with pytest.raises(Rejected, match="exited with"):
         run_hook(f"{sys.executable} -c 'raise SystemExit(3)'", {})
+
+
+def test_fleet_provision_by_claim_onboards_devices_through_the_gateway(fleet, gateway, claim, capsys):
+    from iotgate.cli import main
+
+    args = ["--home", str(fleet.home), "fleet", "provision", "--by-claim", "--count", "2", "--prefix", "clm-",
+            "--start", "7", "--claim-cert", str(claim.cert), "--claim-key", str(claim.key), "--template", "fleet",
+            "--param", "SerialNumber=3{n}", "--endpoint", f"localhost:{gateway.port}", "--json"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    out = capsys.readouterr()
+    assert done.value.code == 0, out.err
+    rows = json.loads(out.out)
+    assert [r["thingName"] for r in rows] == ["sensor-300007", "sensor-300008"]
+    for row in rows:
+        assert fleet.registry.get_certificate(row["certificateId"]).status == "ACTIVE"
+        assert (fleet.store.paths.devices / row["thingName"] / "device.pem").is_file()
+
+    with pytest.raises(SystemExit) as refused:
+        main(["--home", str(fleet.home), "fleet", "provision", "--by-claim", "--count", "1", "--policy", "room",
+              "--claim-cert", str(claim.cert), "--claim-key", str(claim.key), "--template", "fleet"])
+    assert refused.value.code == 2 and "--policy does not apply to --by-claim" in capsys.readouterr().err
