@@ -141,13 +141,12 @@ def test_a_ca_without_auto_registration_leaves_unknown_certificates_unregistered
 JITP_TEMPLATE = {
     "Parameters": {
         "AWS::IoT::Certificate::CommonName": {"Type": "String"},
-        "AWS::IoT::Certificate::SerialNumber": {"Type": "String"},
         "AWS::IoT::Certificate::Id": {"Type": "String"},
     },
     "Resources": {
         "thing": {"Type": "AWS::IoT::Thing", "Properties": {
             "ThingName": {"Ref": "AWS::IoT::Certificate::CommonName"},
-            "AttributePayload": {"serial": {"Ref": "AWS::IoT::Certificate::SerialNumber"}, "batch": "b1"}}},
+            "AttributePayload": {"certificate": {"Ref": "AWS::IoT::Certificate::Id"}, "batch": "b1"}}},
         "certificate": {"Type": "AWS::IoT::Certificate", "Properties": {
             "CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "ACTIVE"}},
         "policy": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyName": "room"}},
@@ -187,21 +186,15 @@ def test_jitp_provisions_from_the_cas_template_drops_the_first_connection_and_se
         cert = fleet.registry.get_certificate(cid)
         assert (cert.status, cert.ca_id) == ("ACTIVE", ca_id)
         t = fleet.registry.get_thing(thing)
-        assert t.attributes == {"serial": str(_serial(files)), "batch": "b1"}
+        assert t.attributes == {"certificate": cid, "batch": "b1"}
         attached = [p.name for p in fleet.registry.list_attached_policies(cid)]
         assert "room" in attached and len(attached) == 2
         assert fleet.registry.list_principal_things(cid) == [thing]
 
 
-def _serial(files) -> int:
-    from cryptography import x509
-
-    return x509.load_pem_x509_certificate(files.cert.read_bytes()).serial_number
-
-
 def test_jitp_with_a_template_the_certificate_cannot_satisfy_leaves_it_pending(fleet, gateway, raw, auto_ca):
     body = json.loads(json.dumps(JITP_TEMPLATE))
-    body["Parameters"]["AWS::IoT::Certificate::Country"] = {"Type": "String"}  # the certificate has no C=
+    body["Parameters"]["AWS::IoT::Certificate::Country"] = {"Type": "String"}  # the subject has no C=
     body["Resources"]["thing"]["Properties"]["ThingName"] = {
         "Fn::Join": ["-", [{"Ref": "AWS::IoT::Certificate::Country"}, {"Ref": "AWS::IoT::Certificate::CommonName"}]]}
     authority, _ = auto_ca(json.dumps(body))
