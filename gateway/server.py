@@ -778,6 +778,9 @@ class Gateway:
         gateway.provisioning.jit). The connection is refused either way, as AWS IoT refuses it; the refusal says
         what was done. One registration per certificate at a time."""
         cert_id = refusal.certificate_id
+        view = self.view
+        if not jit.may_auto_register(der, view.auto_registration, dict(zip(sorted(view.ca_set), view.ca_pems))):
+            return refusal
         pending = self._jit.get(cert_id)
         if pending is None:
             now = dt.datetime.now(dt.UTC)

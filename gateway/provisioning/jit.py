@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -50,6 +52,24 @@ class JitOutcome:
     reason: str = ""
     event: tuple[str, bytes] | None = None
     thing: str | None = None
+
+
+@functools.lru_cache(maxsize=256)
+def _subject(pem: str) -> x509.Name | None:
+    try:
+        return x509.load_pem_x509_certificate(pem.encode()).subject
+    except ValueError:
+        return None
+
+
+def may_auto_register(der: bytes, auto_registration: Iterable[str], ca_pems: Mapping[str, str]) -> bool:
+    """Cheap check on the event loop, before any registry work: was `der` issued under the name of one of the
+    auto-registration CAs? (Its signature is checked by :func:`just_in_time`.)"""
+    try:
+        issuer = x509.load_der_x509_certificate(der).issuer
+    except ValueError:
+        return False
+    return any(_subject(ca_pems[ca_id]) == issuer for ca_id in auto_registration if ca_id in ca_pems)
 
 
 def issuing_ca(cert: x509.Certificate, cas: list[CA]) -> CA | None:

@@ -123,7 +123,8 @@ def test_jitr_registers_pending_activation_publishes_the_event_and_refuses_until
         operator.close()
 
 
-def test_a_ca_without_auto_registration_leaves_unknown_certificates_unregistered(fleet, gateway, raw):
+def test_a_ca_without_auto_registration_leaves_unknown_certificates_unregistered(fleet, gateway, raw, auto_ca):
+    auto_ca()  # another CA registers automatically: this one's certificates must still not be registered
     authority = build_root_ca(generate_private_key("ec-p256"), "Plain Root", now=fleet.now)
     ca_id = certificate_id(authority.certificate)
     fleet.registry.register_ca(ca_id, cert_pem(authority.certificate).decode(), "CN=Plain Root")
