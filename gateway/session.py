@@ -38,6 +38,7 @@ from gateway.mqtt import (
     PacketType,
     Properties,
     PubAck,
+    Publish,
     ReasonCode,
     SubAck,
     Subscribe,
@@ -750,6 +751,14 @@ class Session:
                     return
         except MQTTProtocolError as exc:
             self._upstream_violation(f"malformed packet from the broker: {exc}")
+
+    def deliver_local(self, topic: str, payload: bytes) -> None:
+        """A message the gateway itself addresses to this device (a service's private answer): delivered as one
+        from the broker would be, to a subscription of the device, decided by iot:Receive, at QoS 0."""
+        if self.state is not State.ACTIVE or not self._aws_deliverable(topic, False):
+            return
+        for frame in Framer(protocol_level=self.level).feed(encode(Publish(topic, payload), self.level)):
+            self._on_delivery(frame)
 
     def _upstream_violation(self, detail: str) -> None:
         if self.state is State.UPSTREAM_PENDING:

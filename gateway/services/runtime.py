@@ -23,6 +23,7 @@ from gateway.mqtt import Connect, Framer, MQTTProtocolError, PacketType, Publish
 from gateway.services.base import Caller, Dispatcher, Message, Request
 from gateway.services.jobs_service import JobsService
 from gateway.services.lifecycle import Presence, connected, disconnected, subscriptions
+from gateway.services.provisioning import ProvisioningService
 from gateway.services.shadow_service import ShadowService
 from gateway.services.store import ServiceStore
 
@@ -147,12 +148,18 @@ class ServiceHub:
     ``disconnected`` from connections, ``run`` as one of its tasks."""
 
     def __init__(self, registry, connector, *, clock: Callable[[], float] = time.time,
-                 on_error: Callable[[str, BaseException], None] | None = None, outbox_interval: float = 0.25) -> None:
+                 on_error: Callable[[str, BaseException], None] | None = None, outbox_interval: float = 0.25,
+                 issuer: Callable[[], object] | None = None, deliver: Callable[[int, str, bytes], None] | None = None,
+                 account: str = "123456789012", region: str = "us-east-1") -> None:
         self.registry = registry  # for services that create things, certificates, policies
         self.store = ServiceStore.of(registry)
         self.shadow = ShadowService(self.store)
         self.jobs = JobsService(self.store)
         self.dispatcher = Dispatcher([self.shadow, self.jobs])
+        if issuer is not None and deliver is not None:  # fleet provisioning answers its requester alone
+            self.dispatcher.register(ProvisioningService(registry, self.store, issuer, account=account,
+                                                         region=region))
+        self._deliver = deliver
         self.link = ServiceLink(connector)
         self.clock = clock
         self.outbox_interval = outbox_interval
@@ -263,7 +270,11 @@ class ServiceHub:
             self._on_error("services worker", exc)
             return
         for message in future.result():
-            self.link.publish(message.topic, message.payload)
+            if message.to is not None:
+                if self._deliver is not None:
+                    self._deliver(message.to, message.topic, message.payload)
+            else:
+                self.link.publish(message.topic, message.payload)
 
     # ------------------------------------------------------------------ on the worker thread
 
