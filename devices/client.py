@@ -638,6 +638,7 @@ class Reason(enum.StrEnum):
     TCP = "tcp"                    # connection refused, unreachable, ...
     TLS = "tls"                    # handshake failure or TLS alert: server verification, client certificate
     CLOSED = "closed"              # the server closed the connection before CONNACK
+    HTTP = "http"                  # the WebSocket upgrade was refused (an HTTP status: a refused signature)
     PROTOCOL = "protocol"          # the server sent something that is not MQTT
     TIMEOUT = "timeout"
 
@@ -770,12 +771,13 @@ class DeviceClient:
                  on_outcome: Callable[[ConnectOutcome], None] | None = None,
                  on_disconnect: Callable[[DisconnectNotice], None] | None = None,
                  trace: Callable[[str, Packet], None] | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, tls: DeviceTLS | None = None) -> None:
         self.transport = get_transport(transport)
         self.endpoint = endpoint
         self.options = options
         keep = self.transport.keeps_context if keep_context is None else keep_context
-        self.tls = DeviceTLS(identity, alpn=endpoint.alpn, keep=keep)
+        # ``tls``: other TLS material than the identity's certificate (a device that authenticates by token)
+        self.tls = tls if tls is not None else DeviceTLS(identity, alpn=endpoint.alpn, keep=keep)
         self.core = ClientCore(identity.thing_name if client_id is None else client_id, options, trace=trace)
         self.backoff = backoff
         self.local_addr = local_addr

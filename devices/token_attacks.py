@@ -68,6 +68,23 @@ class TokenWorldError(IotgateError):
     """The token attackers' credentials are missing or unreadable."""
 
 
+# the run's legitimate devices without certificates: the rights of the built-in certificate policy
+DEVICE_AUTHORIZER = "iotgate-fleet-run-devices-jwt"
+DEVICE_KEY_IDENTITY = "iotgate-fleet-run-devices"
+DEVICE_TOKEN_POLICY = ("iotgate-fleet-run-token-devices", json.dumps({"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${jwt:sub}"},
+    {"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/dt/${jwt:sub}/*"},
+    {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"], "Resource": "arn:aws:iot:*:*:topic/cmd/${jwt:sub}/*"},
+    {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/cmd/${jwt:sub}/*"}]}))
+# a SigV4 principal has no claims: its own client id names its topics (one key per device)
+DEVICE_KEY_POLICY = ("iotgate-fleet-run-key-devices", json.dumps({"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/sim-*"},
+    {"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/dt/${iot:ClientId}/*"},
+    {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"],
+     "Resource": "arn:aws:iot:*:*:topic/cmd/${iot:ClientId}/*"},
+    {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/cmd/${iot:ClientId}/*"}]}))
+
+
 def _rsa() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
@@ -84,10 +101,13 @@ class TokenWorld:
     authorizer: str = AUTHORIZER
     identity: str = KEY_IDENTITY
     keys: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)   # member -> (key id, secret)
+    key_policy: str = POLICY
 
     @classmethod
     def create(cls, registry: Registry, home: Path, scratch: Path, *, region: str = "us-east-1",
-               authorizer: str = AUTHORIZER, identity: str = KEY_IDENTITY) -> TokenWorld:
+               authorizer: str = AUTHORIZER, identity: str = KEY_IDENTITY,
+               policy: tuple[str, str] = (POLICY, POLICY_DOCUMENT),
+               key_policy: tuple[str, str] | None = None) -> TokenWorld:
         """Register the run's authorizer and policy (replacing an authorizer and keys a crashed run left)."""
         idp, signer = _rsa(), _rsa()
         scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -98,14 +118,17 @@ class TokenWorld:
         public = signer.public_key().public_bytes(serialization.Encoding.PEM,
                                                   serialization.PublicFormat.SubjectPublicKeyInfo).decode()
         cls.retire_leftovers(registry, authorizer, identity)
-        try:
-            registry.get_policy(POLICY)
-        except NotFound:
-            registry.create_policy(POLICY, POLICY_DOCUMENT)
+        key_policy = key_policy or policy
+        for name, document in {policy, key_policy}:
+            try:
+                registry.get_policy(name)
+            except NotFound:
+                registry.create_policy(name, document)
         registry.create_authorizer(authorizer, "jwt", config={"jwks_file": str(jwks), "issuer": ISSUER,
                                                               "audience": AUDIENCE},
-                                   token_key_name=TOKEN_KEY, signing_keys={"run": public}, policies=[POLICY])
-        return cls(registry, SecretBox.load(home, create=True), idp, signer, region, authorizer, identity)
+                                   token_key_name=TOKEN_KEY, signing_keys={"run": public}, policies=[policy[0]])
+        return cls(registry, SecretBox.load(home, create=True), idp, signer, region, authorizer, identity,
+                   key_policy=key_policy[0])
 
     def add_key(self, member: str) -> tuple[str, str]:
         """A long-term access key of its own for one signature attacker: (access key id, secret)."""
@@ -113,7 +136,7 @@ class TokenWorld:
         secret = base64.b64encode(os.urandom(30)).decode("ascii")
         if self.registry is None or self.box is None:
             raise ValueError("this token world was loaded from files: keys are added where it was created")
-        self.registry.create_access_key(akid, self.identity, self.box.seal(akid, secret), policies=[POLICY])
+        self.registry.create_access_key(akid, self.identity, self.box.seal(akid, secret), policies=[self.key_policy])
         self.keys[member] = (akid, secret)
         return akid, secret
 
