@@ -72,6 +72,9 @@ class Limits:
     session_expiry_max: int = 3600
     decision_cache_size: int = 1024
     registry_poll_interval: float = 0.2
+    # seconds the gateway keeps admitting devices on its last registry view while the registry does not answer;
+    # past it, new connections are refused until it answers again (live sessions are kept)
+    registry_max_staleness: float = 30.0
     max_rate_keys: int = 100_000
     max_device_buffer: int = 1 << 20  # bytes waiting for a device that does not read: beyond, the session closes
 

@@ -5,9 +5,9 @@ Everything protocol-related happens in gateway.session (sans-IO); this module mo
     accept loop (one task)  ->  per connection: one task that runs the TLS handshake through the transport
                                 seam (gateway.auth.tls), opens the upstream when the session asks, and waits
                                 for the end; packets are handled in protocol callbacks (no task per packet)
-    registry watcher (one task) polls the change counter in a worker thread, builds the next view there and
-                                applies it on the loop: TLS trust rebuilt when the CA set changed, live
-                                sessions of changed certificates closed or re-evaluated
+    registry watcher (one task, gateway.watch) reads the change log in a worker thread, builds the next view
+                                there and applies it on the loop: TLS trust rebuilt when the CA set changed,
+                                live sessions of changed certificates closed or re-evaluated
     stats writer / metrics endpoint
 
 With ``token_port`` a second listener serves devices without client certificates, as AWS IoT's port 443 does:
@@ -25,6 +25,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
 import secrets
 import socket
 import sys
@@ -50,14 +51,18 @@ from gateway.auth import (
 from gateway.auth import sigv4
 from gateway.auth.access_keys import SigV4Authenticator
 from gateway.auth.authorizers import NAME_PARAM, Credentials, CustomAuthenticator
-from gateway.auth.tls import TOKEN_ALPN
+from gateway.auth.tls import DEVICE_ALPN, TOKEN_ALPN
 from gateway.config import GatewayConfig
 from gateway.mqtt import Framer, MQTTProtocolError, PacketType, decode
 from gateway.observe import AccessLog, Metrics
 from gateway.observe.http import start_metrics_server
-from gateway.registry import Registry, RegistryError
+from gateway.registry import Registry
+from gateway.registry.changes import ChangeSet
+from gateway.services.base import Caller
+from gateway.services.runtime import ServiceHub
 from gateway.session import Close, Peer, RateLimiter, Session, State
 from gateway.upstream.link import UpstreamConnector, parse_upstream_url
+from gateway.watch import RegistryWatcher
 from gateway.websocket import UpgradeError, WebSocketServer, WebSocketTransport
 
 CLOSE_GRACE = 2.0  # seconds a closing device may take to read its last packets before it is aborted
@@ -336,6 +341,12 @@ class Connection:
                 self.upstream.writelines(out.upstream)
                 self.last_up_tx = self.loop.time()
             out.upstream.clear()
+        if out.service:
+            if not self._active and session.state is State.ACTIVE:
+                self._activate()  # the connected event goes before what the session did next
+            if self.gw.services is not None:
+                self.gw.service_effects(self, out.service)
+            out.service.clear()
         if out.events:
             for event in out.events:
                 self.gw.record(event, session.peer)
@@ -363,6 +374,8 @@ class Connection:
     def _activate(self) -> None:
         self._active = True
         self.gw.metrics.gauges["sessions_active"] += 1
+        if self.gw.services is not None:
+            self.gw.services.connected(id(self), self.gw.service_caller(self))
         self._cancel_timer()
         self._schedule_keepalive(self.session.keepalive * 0.5)
 
@@ -420,6 +433,8 @@ class Connection:
         self._auth_timers = []
         if self._active:
             self.gw.metrics.gauges["sessions_active"] -= 1
+            if self.gw.services is not None:
+                self.gw.services.disconnected(id(self), close.key)
         self.gw.session_ended(self.session)
         if self.client_id is not None:
             self.gw.directory.release(self.client_id, self)
@@ -506,6 +521,7 @@ class Gateway:
         self._token_listener: socket.socket | None = None
         self.token_port: int | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="iotgate-registry")
+        self.watcher: RegistryWatcher | None = None
         self._listener: socket.socket | None = None
         self._tasks: set[asyncio.Task] = set()
         self._services: list[asyncio.Task] = []
@@ -515,6 +531,7 @@ class Gateway:
         self._stopped: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connector: UpstreamConnector | None = None
+        self.services: ServiceHub | None = None
         self.port = 0
 
     # ------------------------------------------------------------------ start / stop
@@ -537,11 +554,14 @@ class Gateway:
                                         f"`iotgate --home {cfg.home} pki init`")
         if self._acceptor is None:
             self._acceptor = StdlibTLSAcceptor(pki.server_cert, pki.server_key, view.ca_pems,
-                                               handshake_timeout=cfg.limits.handshake_timeout)
+                                               handshake_timeout=cfg.limits.handshake_timeout, alpn=DEVICE_ALPN)
         else:
             self._acceptor.set_trust(view.ca_pems)
         self.view = view
         self.metrics.registry_reloads += 1
+        self.watcher = RegistryWatcher(self, self._registry, self._executor,
+                                       poll_interval=cfg.limits.registry_poll_interval,
+                                       max_staleness=cfg.limits.registry_max_staleness, clock=self.loop.time)
         if not view.ca_pems:
             print("iotgate gateway: the registry holds no CA: every device will be refused until one is "
                   "registered (`iotgate pki init` registers the home's CAs)", file=sys.stderr)
@@ -564,9 +584,11 @@ class Gateway:
         if cfg.metrics_port:
             self._metrics_server = await start_metrics_server(self.metrics, cfg.metrics_host, cfg.metrics_port,
                                                                refresh=self.stats)
+        self.services = ServiceHub(self._registry, self.connector, clock=self.clock, on_error=self.internal_error)
         self._services = [
+            self.loop.create_task(self.services.run(), name="iotgate-services"),
             self.loop.create_task(self._accept_loop(self._listener, False), name="iotgate-accept"),
-            self.loop.create_task(self._watch_registry(), name="iotgate-registry-watch"),
+            self.loop.create_task(self.watcher.run(), name="iotgate-registry-watch"),
             self.loop.create_task(self._housekeeping(), name="iotgate-housekeeping"),
         ]
         if self._token_listener is not None:
@@ -646,6 +668,11 @@ class Gateway:
             self._refuse_socket(sock, addr, "server_busy",
                                 f"{lim.max_connections} connections open (max_connections)")
             return
+        if self.watcher.refusing():
+            self._refuse_socket(sock, addr, "registry_unavailable",
+                                f"the registry has not answered for {self.watcher.staleness():.0f} s "
+                                f"(registry_max_staleness {self.watcher.max_staleness:g} s)")
+            return
         if not self.source_limiter.allow(ip, loop.time()):
             self._refuse_socket(sock, addr, "source_rate_exceeded",
                                 f"more than {lim.connect_rate_per_source:g} connections/s from this address")
@@ -686,7 +713,8 @@ class Gateway:
             lim = self.config.limits
             session = Session(peer, auth, lim, connect_limiter=self.client_limiter,
                               upstream_username=self.connector.username, upstream_password=self.connector.password,
-                              assign_client_id=_assign_client_id, now=self.loop.time())
+                              assign_client_id=_assign_client_id, now=self.loop.time(),
+                              serves=self.services.serves if self.services is not None else None)
             table, key = (self.by_principal, conn.principal_key) if token else (self.by_cert, auth.certificate_id)
             if key is not None:
                 table.setdefault(key, set()).add(conn)
@@ -880,36 +908,18 @@ class Gateway:
         snapshot = self._registry.snapshot(certificate_pem=False)
         return AuthView(snapshot, previous)
 
-    async def _watch_registry(self) -> None:
-        interval = self.config.limits.registry_poll_interval
-        failing = False
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                counter = await self.loop.run_in_executor(self._executor, self._registry.change_counter)
-                if counter == self.view.counter:
-                    failing = False
-                    continue
-                view = await self.loop.run_in_executor(self._executor, self._load_view, self.view)
-            except RegistryError as exc:
-                if not failing:
-                    print(f"iotgate gateway: registry unavailable, keeping the last view: {exc}", file=sys.stderr)
-                failing = True
-                continue
-            except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one bad snapshot
-                self.internal_error("registry snapshot", exc)
-                continue
-            failing = False
-            self.apply_view(view)
-
-    def apply_view(self, view: AuthView) -> None:
-        """Switch to a new registry view: trust store, then every live session whose certificate changed."""
+    def apply_view(self, view: AuthView, changes: ChangeSet | None = None) -> None:
+        """Switch to a new registry view: trust store, then every live session whose certificate changed
+        (with ``changes``, the view's difference from the current one: only the sessions they touch)."""
         old = self.view
         self.view = view
         self.metrics.registry_reloads += 1
-        if self._acceptor.set_trust(view.ca_pems):
-            self.metrics.tls_context_rebuilds += 1
-        for cert_id, conns in list(self.by_cert.items()):
+        if changes is None or changes.cas:
+            if self._acceptor.set_trust(view.ca_pems):
+                self.metrics.tls_context_rebuilds += 1
+        certs = self.by_cert.items() if changes is None else \
+            [(c, conns) for c, conns in self.by_cert.items() if view.touched_by(c, changes)]
+        for cert_id, conns in list(certs):
             if old.state(cert_id) == view.state(cert_id):
                 continue
             der = next((c.der for c in conns if c.der), None)
@@ -920,6 +930,8 @@ class Gateway:
                 result = AuthRefusal(cert_id, "internal_error", "its authorization could not be re-evaluated")
             for conn in list(conns):
                 conn.update_auth(result)
+        if changes is not None and changes.principals is None:
+            return
         for key, conns in list(self.by_principal.items()):
             kind, _, name = key.partition(":")
             state = (lambda v: v.key_state(name)) if kind == "key" else (lambda v: v.authorizer_state(name))
@@ -949,6 +961,19 @@ class Gateway:
     def internal_error(self, where: str, exc: BaseException) -> None:
         print(f"iotgate gateway: internal error in {where}: {type(exc).__name__}: {exc}", file=sys.stderr)
         traceback.print_exception(exc, file=sys.stderr)
+
+    def service_caller(self, conn: Connection) -> Caller:
+        session = conn.session
+        return Caller(session.client_id or "", session.certificate_id or conn.principal_key, session.thing,
+                      session.peer.ip)
+
+    def service_effects(self, conn: Connection, items: list[tuple]) -> None:
+        """A session's `$aws/...` requests and subscription changes, handed to the services."""
+        for item in items:
+            if item[0] == "request":
+                self.services.request(self.service_caller(conn), item[1], item[2])
+            else:
+                self.services.subscribed(id(conn), item[0], item[1])
 
     def session_ended(self, session: Session | None) -> None:
         if session is not None:
@@ -996,6 +1021,10 @@ def _listen(host: str, port: int, option: str) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
+        if exc.errno == errno.EACCES and 0 < port < 1024:
+            raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}: ports below 1024 need root, or the "
+                          "CAP_NET_BIND_SERVICE capability (sudo setcap cap_net_bind_service=+ep on the Python "
+                          f"binary), or authbind; or choose another {option}") from None
         raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another {option}") from None
     sock.listen(1024)
     sock.setblocking(False)

@@ -9,6 +9,8 @@ upstream broker, the time when it matters, and registry changes; the session ans
     out.events      access-log events (dicts without time; the shell stamps and writes them)
     out.claim       a client id this session now owns (the shell closes the older holder: takeover)
     out.close       a Close: the session is over; the shell flushes, then closes both sides
+    out.service     for the gateway's `$aws/...` services (gateway.services): ("request", topic, payload) of an
+                    allowed request, ("subscribed" | "unsubscribed", filters) for lifecycle events
 
 Packets are forwarded as their original bytes; only what a decision needs is decoded (topic, QoS, retain,
 packet id). Packet ids are mirrored 1:1 because each device has its own upstream connection. A refusal is a
@@ -87,7 +89,7 @@ class Close:
 
 
 class Output:
-    __slots__ = ("device", "upstream", "events", "open_upstream", "claim", "close")
+    __slots__ = ("device", "upstream", "events", "open_upstream", "claim", "close", "service")
 
     def __init__(self) -> None:
         self.device: list = []
@@ -96,6 +98,7 @@ class Output:
         self.open_upstream = False
         self.claim: str | None = None
         self.close: Close | None = None
+        self.service: list[tuple] = []
 
 
 # --------------------------------------------------------------------------------------------- rate limits
@@ -191,6 +194,11 @@ def is_reserved(topic: str) -> bool:
     return topic[:1] == "$"
 
 
+def is_service_topic(topic: str) -> bool:
+    """`$aws/...`: requests go to the gateway's services; filters on their replies and events are held upstream."""
+    return topic[:5] == "$aws/"
+
+
 # --------------------------------------------------------------------------------------------- session
 
 class Session:
@@ -203,13 +211,14 @@ class Session:
         "_upstream_connect", "_connect_decision", "_requested_keepalive", "_assigned", "_session_expiry",
         "_expiry_granted",
         "_pending", "_pending_bytes", "_aliases", "_inflight", "_subs", "_reserved", "_hash_parents", "_subacks",
-        "_pub_bucket", "_byte_bucket", "_throttle_logged",
+        "_pub_bucket", "_byte_bucket", "_throttle_logged", "_serves",
     )
 
     def __init__(self, peer: Peer, auth: Principal | AuthRefusal, limits: Limits, *,
                  connect_limiter: RateLimiter | None = None,
                  upstream_username: str | None = None, upstream_password: bytes | None = None,
-                 assign_client_id: Callable[[], str] | None = None, now: float = 0.0) -> None:
+                 assign_client_id: Callable[[], str] | None = None, now: float = 0.0,
+                 serves: Callable[[str], bool] | None = None) -> None:
         self.peer = peer
         self.limits = limits
         self.out = Output()
@@ -247,6 +256,7 @@ class Session:
         self._byte_bucket = TokenBucket(limits.publish_bytes_rate,
                                         max(limits.publish_bytes_rate, limits.max_packet_size), now)
         self._throttle_logged = -1.0
+        self._serves = serves  # which `$aws/...` topics the gateway's services answer (None: no services)
         self.last_device_rx = now
         self.packets_in = 0
         self.published = 0  # publishes forwarded upstream
@@ -514,6 +524,9 @@ class Session:
             self._throttled(header.packet_id, qos, resource, now)
             return
         if is_reserved(topic):
+            if self._serves is not None and is_service_topic(topic) and self._serves(topic):
+                self._service_request(frame, header, resource)
+                return
             self._refuse_publish(header.packet_id, qos, R.NOT_AUTHORIZED, "reserved_topic",
                                  "reserved topic: never forwarded upstream", resource, None)
             return
@@ -548,6 +561,17 @@ class Session:
         else:
             self.out.upstream.append(frame.data)
         self.published += 1
+
+    def _service_request(self, frame: Frame, header, resource: str) -> None:
+        """A request to the gateway's services: decided by iot:Publish, acknowledged here, answered by them."""
+        decision = self._decide("iot:Publish", resource)
+        if not decision.allowed:
+            self._refuse_publish(header.packet_id, header.qos, R.NOT_AUTHORIZED, "publish_denied",
+                                 decision_reason(decision), resource, decision)
+            return
+        self.out.service.append(("request", resource[6:], bytes(frame.data[header.payload_offset:])))
+        if header.qos:
+            self.out.device.append(encode(PubAck(header.packet_id), self.level))
 
     def _throttled(self, packet_id: int | None, qos: int, resource: str, now: float) -> None:
         if self.level == 5 and qos:
@@ -607,7 +631,7 @@ class Session:
             resource = f"topicfilter/{flt}"
             _, bare = split_shared_subscription(flt)
             refusal = None
-            if is_reserved(bare):
+            if is_reserved(bare) and not (self._serves is not None and is_service_topic(bare)):
                 refusal = (R.NOT_AUTHORIZED, "reserved_topic", "reserved topic filter: never forwarded upstream",
                            None)
             elif (problem := topic_problem(flt, lim, is_filter=True)) is not None:
@@ -663,6 +687,7 @@ class Session:
             self._subs.pop(flt, None)
         self._subs_changed()
         self.out.upstream.append(frame.data)
+        self.out.service.append(("unsubscribed", list(packet.topic_filters)))
 
     def _on_pingreq(self, frame: Frame, now: float) -> None:
         if frame.remaining_length:
@@ -776,6 +801,7 @@ class Session:
             self._upstream_violation("SUBACK with the wrong number of reason codes")
             return
         it = iter(zip(filters, granted))
+        subscribed = []
         for i, code in enumerate(codes):
             if code is None:
                 flt, up = next(it)
@@ -783,8 +809,11 @@ class Session:
                 up = int(up)
                 if up < 0x80:
                     self._subs[flt] = up
+                    subscribed.append(flt)
                 codes[i] = up
         self._subs_changed()
+        if subscribed:
+            self.out.service.append(("subscribed", subscribed))
         self.out.device.append(encode(SubAck(packet.packet_id, tuple(codes)), self.level))
 
     def _up_forward(self, frame: Frame) -> None:

@@ -64,6 +64,11 @@ def _sni(sslobj, server_name: str | None, _ctx) -> None:
         pass
 
 
+# The device listener (X.509) negotiates AWS IoT's ALPN for MQTT with a client certificate on port 443, when the
+# device offers it (the AWS IoT Device SDKs do on 443). A device that offers no ALPN, or others, still connects:
+# the handshake goes on without one, as on 8883.
+DEVICE_ALPN = ("x-amzn-mqtt-ca",)
+
 # The token listener (custom authorizers, SigV4 over WebSocket) negotiates these, as AWS IoT does on 443: ``mqtt``
 # for MQTT with a custom authorizer, ``http/1.1`` (or no ALPN) for MQTT over WebSocket.
 TOKEN_ALPN = ("mqtt", "http/1.1")

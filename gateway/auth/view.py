@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from gateway.policy import PolicyDocument, PolicyError, ThingInfo, parse_policy
 from gateway.registry import Snapshot
+from gateway.registry.changes import ChangeSet
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,22 +46,105 @@ class AuthView:
         self._parsed: dict[tuple[str, str, str], PolicyDocument | str] = {}
         old = previous._parsed if previous is not None else {}
         for name, policy in snapshot.policies.items():
-            key = (name, str(policy.default_version_id), policy.document)
-            parsed = old.get(key)
-            if parsed is None:
-                try:
-                    parsed = parse_policy(policy.document, name=name, version=key[1])
-                except PolicyError as exc:
-                    parsed = str(exc)
-            self._parsed[key] = parsed
-            if isinstance(parsed, str):
-                self.policy_errors[name] = parsed
-            else:
-                self.policies[name] = parsed
+            self._set_policy(name, policy, old)
         self._states: dict[str, CertState] = {}
         self.authorizers = snapshot.authorizers
         self.access_keys = snapshot.access_keys
         self.default_authorizer = next((a.name for a in self.authorizers.values() if a.is_default), None)
+
+    def _set_policy(self, name: str, policy, old: dict) -> None:
+        key = (name, str(policy.default_version_id), policy.document)
+        parsed = old.get(key)
+        if parsed is None:
+            try:
+                parsed = parse_policy(policy.document, name=name, version=key[1])
+            except PolicyError as exc:
+                parsed = str(exc)
+        self._parsed[key] = parsed
+        if isinstance(parsed, str):
+            self.policy_errors[name] = parsed
+            self.policies.pop(name, None)
+        else:
+            self.policies[name] = parsed
+            self.policy_errors.pop(name, None)
+
+    def updated(self, changes: ChangeSet) -> tuple[AuthView, list[str]]:
+        """The next view: this one with `changes` applied (the tables are copied, never changed in place, so a
+        session still holding this view keeps a consistent one), and the certificates among those this view has
+        evaluated whose authorization inputs may have moved."""
+        view = AuthView.__new__(AuthView)
+        view.counter = changes.counter
+        view.cas = self.cas
+        view.ca_pems, view.ca_set = self.ca_pems, self.ca_set
+        if changes.cas:
+            cas = dict(self.cas)
+            pems = dict(zip(sorted(self.ca_set), self.ca_pems))
+            for ca_id, ca in changes.cas.items():
+                if ca is None:
+                    cas.pop(ca_id, None)
+                    pems.pop(ca_id, None)
+                else:
+                    cas[ca_id] = ca.status
+                    pems[ca_id] = ca.pem
+            view.cas = cas
+            view.ca_pems = tuple(pems[ca_id] for ca_id in sorted(pems))
+            view.ca_set = frozenset(pems)
+        view.certificates, view.cert_policies, view.cert_things = \
+            self.certificates, self.cert_policies, self.cert_things
+        if changes.certificates:
+            view.certificates = dict(self.certificates)
+            view.cert_policies = dict(self.cert_policies)
+            view.cert_things = dict(self.cert_things)
+            for cid, cert in changes.certificates.items():
+                if cert is None:
+                    view.certificates.pop(cid, None)
+                    view.cert_policies.pop(cid, None)
+                    view.cert_things.pop(cid, None)
+                    continue
+                view.certificates[cid] = cert
+                for table, new in ((view.cert_policies, changes.cert_policies.get(cid, ())),
+                                   (view.cert_things, changes.cert_things.get(cid, ()))):
+                    if new:
+                        table[cid] = new
+                    else:
+                        table.pop(cid, None)
+        view.things = self.things
+        if changes.things:
+            view.things = dict(self.things)
+            for name, thing in changes.things.items():
+                if thing is None:
+                    view.things.pop(name, None)
+                else:
+                    view.things[name] = thing
+        view.policies, view.policy_errors, view._parsed = self.policies, self.policy_errors, self._parsed
+        if changes.policies:
+            view.policies, view.policy_errors = dict(self.policies), dict(self.policy_errors)
+            view._parsed = {k: v for k, v in self._parsed.items() if k[0] not in changes.policies}
+            for name, policy in changes.policies.items():
+                if policy is None:
+                    view.policies.pop(name, None)
+                    view.policy_errors.pop(name, None)
+                else:
+                    view._set_policy(name, policy, self._parsed)
+        view.authorizers, view.access_keys = changes.principals or (self.authorizers, self.access_keys)
+        view.default_authorizer = next((a.name for a in view.authorizers.values() if a.is_default), None)
+        view._states = dict(self._states)  # one C-level copy: the loop may be adding to ours meanwhile
+        affected = [cid for cid in view._states if view.touched_by(cid, changes)]
+        for cid in affected:
+            del view._states[cid]
+        return view, affected
+
+    def touched_by(self, certificate_id: str, changes: ChangeSet) -> bool:
+        """Whether `changes` (already applied to this view) may have moved this certificate's state."""
+        if certificate_id in changes.certificates:
+            return True
+        if changes.cas:
+            cert = self.certificates.get(certificate_id)
+            if cert is not None and cert.ca_id in changes.cas:
+                return True
+        if changes.policies and any(p in changes.policies for p in self.cert_policies.get(certificate_id, ())):
+            return True
+        return bool(changes.things) and any(n in changes.things for n in self.cert_things.get(certificate_id, ()))
 
     def ca_status(self, ca_id: str | None) -> str | None:
         return self.cas.get(ca_id) if ca_id else None

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from . import changes as ch
 from . import model as m
 from . import schema as t
 from .errors import AlreadyExists, InvalidValue, LimitExceeded, NotFound
@@ -142,6 +143,7 @@ class PrincipalTables:
         names = _policy_names(policies)
         now = self._now()
         with self._write() as tx:
+            tx.note(ch.PRINCIPALS, "")
             if tx.conn.execute(sa.select(t.authorizers.c.name).where(t.authorizers.c.name == name)).first():
                 raise AlreadyExists(f"authorizer {name!r} already exists: delete it first or choose another name")
             self._require_policies(tx.conn, names)
@@ -171,6 +173,7 @@ class PrincipalTables:
         name = m.authorizer_name(name)
         status = m.status(status, m.AUTHORIZER_STATUSES, "authorizer status")
         with self._write() as tx:
+            tx.note(ch.PRINCIPALS, "")
             self._authorizer(tx.conn, name)
             tx.conn.execute(sa.update(t.authorizers).where(t.authorizers.c.name == name)
                             .values(status=status, updated_at=self._now()))
@@ -180,6 +183,7 @@ class PrincipalTables:
         """Delete an authorizer; sessions it authorized are closed by the gateway."""
         name = m.authorizer_name(name)
         with self._write() as tx:
+            tx.note(ch.PRINCIPALS, "")
             self._authorizer(tx.conn, name)
             tx.conn.execute(sa.delete(t.authorizer_policies).where(t.authorizer_policies.c.authorizer_name == name))
             tx.conn.execute(sa.delete(t.authorizers).where(t.authorizers.c.name == name))
@@ -205,6 +209,7 @@ class PrincipalTables:
         names = _policy_names(policies)
         now = self._now()
         with self._write() as tx:
+            tx.note(ch.PRINCIPALS, "")
             if tx.conn.execute(sa.select(t.access_keys.c.access_key_id)
                                .where(t.access_keys.c.access_key_id == akid)).first():
                 raise AlreadyExists(f"access key {akid} already exists")
@@ -233,6 +238,7 @@ class PrincipalTables:
         akid = m.access_key_id(access_key_id)
         status = m.status(status, m.ACCESS_KEY_STATUSES, "access key status")
         with self._write() as tx:
+            tx.note(ch.PRINCIPALS, "")
             self._access_key(tx.conn, akid)
             tx.conn.execute(sa.update(t.access_keys).where(t.access_keys.c.access_key_id == akid).values(status=status))
             return self._access_key(tx.conn, akid)
@@ -240,6 +246,7 @@ class PrincipalTables:
     def delete_access_key(self, access_key_id: str) -> None:
         akid = m.access_key_id(access_key_id)
         with self._write() as tx:
+            tx.note(ch.PRINCIPALS, "")
             self._access_key(tx.conn, akid)
             tx.conn.execute(sa.delete(t.access_key_policies).where(t.access_key_policies.c.access_key_id == akid))
             tx.conn.execute(sa.delete(t.access_keys).where(t.access_keys.c.access_key_id == akid))

@@ -6,7 +6,8 @@ from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 2  # 2: custom authorizers and SigV4 access keys (tables added in place to a version 1 registry)
+# 2: custom authorizers and SigV4 access keys; 3: the change log (each version's tables are added in place)
+SCHEMA_VERSION = 3
 
 
 class UTCDateTime(sa.TypeDecorator):
@@ -223,6 +224,22 @@ access_key_policies = sa.Table(
     sa.Column(
         "policy_name", _name, sa.ForeignKey("policies.name", name="access_key_policies_policy_fk"), primary_key=True
     ),
+)
+
+# --------------------------------------------------------------------------- change log
+
+# One row per entity a committed mutation touched, keyed by the mutation's change counter (every counter has at
+# least one row: a mutation that names nothing writes kind "all"). Gateways read the rows after the counter they
+# hold and re-read only those entities; the oldest rows are pruned, and a reader that finds its next counter gone
+# reloads everything.
+registry_changes = sa.Table(
+    "registry_changes",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("counter", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("key", _name, nullable=False),
+    sa.Index("registry_changes_counter", "counter"),
 )
 
 TABLE_NAMES = tuple(metadata.tables)

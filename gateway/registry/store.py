@@ -4,7 +4,9 @@ Every mutation runs in one transaction that first increments `registry_state.cha
 serializes writers (a row lock on PostgreSQL, `BEGIN IMMEDIATE` on SQLite), so the checks made inside a
 mutation (limits, existence) cannot race. A call that changes nothing is rolled back and leaves the
 counter alone. On PostgreSQL the transaction also sends `NOTIFY iotgate_registry, '<counter>'`.
-Readers poll `change_counter()` and reload `snapshot()` when it moved.
+The same transaction writes the change log (`registry_changes`): which certificates, policies, CAs, things
+and principals it touched. Readers poll `change_counter()` (or LISTEN), then read `changes_since(counter)`
+and re-read only those entities; `snapshot()` reloads everything.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 
+from . import changes as ch
 from . import model as m
 from . import schema as t
 from .errors import (
@@ -61,11 +64,20 @@ class _NoChange(Exception):
 
 
 class _Tx:
-    __slots__ = ("conn", "counter")
+    __slots__ = ("conn", "counter", "changed")
 
     def __init__(self, conn: Connection, counter: int):
         self.conn = conn
         self.counter = counter
+        self.changed: dict[tuple[str, str], None] = {}
+
+    def note(self, kind: str, key: str) -> None:
+        """Record that this mutation touched one entity (a change-log row, written at commit)."""
+        self.changed[(kind, key)] = None
+
+    def note_many(self, kind: str, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.changed[(kind, key)] = None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -348,6 +360,17 @@ class Registry(PrincipalTables):
         """The URL this registry was opened with, password masked."""
         return self._display
 
+    def listen_dsn(self) -> str:
+        """The libpq URL (password included: never print it) of a PostgreSQL registry, for a LISTEN connection."""
+        if self._backend != "postgresql":
+            raise RegistryError(f"the registry at {self._display} is not PostgreSQL: it has no NOTIFY")
+        return self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    @property
+    def engine(self) -> Engine:
+        """The database engine: the gateway's services keep their own tables in the same database."""
+        return self._engine
+
     @property
     def backend(self) -> str:
         """'sqlite' or 'postgresql'."""
@@ -373,7 +396,9 @@ class Registry(PrincipalTables):
                         .values(change_counter=t.registry_state.c.change_counter + 1)
                         .returning(t.registry_state.c.change_counter)
                     ).scalar_one()
-                    yield _Tx(conn, counter)
+                    tx = _Tx(conn, counter)
+                    yield tx
+                    ch.log(conn, counter, tx.changed)
                     if self._backend == "postgresql":
                         conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, str(counter))))
         except _NoChange:
@@ -464,6 +489,13 @@ class Registry(PrincipalTables):
                 sa.select(t.registry_state.c.change_counter).where(t.registry_state.c.id == 1)
             ).scalar_one()
 
+    def changes_since(self, counter: int, *, max_entities: int = ch.MAX_ENTITIES) -> ch.ChangeSet | None:
+        """What changed after `counter`, re-read in one consistent transaction; None when the change log cannot
+        tell (its rows for the next counter were pruned, a mutation named no entity, or more than `max_entities`
+        entities changed): then reload `snapshot()`."""
+        with self._read(consistent=True) as conn:
+            return ch.read(conn, counter, max_entities, self._principal_snapshot)
+
     def snapshot(self, *, certificate_pem: bool = True) -> Snapshot:
         """Everything, read in one consistent transaction. `certificate_pem=False` leaves Certificate.pem
         empty (the gateway identifies a peer by the certificate it presents: it needs no stored PEM)."""
@@ -520,6 +552,7 @@ class Registry(PrincipalTables):
                     name=name, thing_type=ttype, attributes=_dump_attrs(attrs), created_at=now, version=1
                 )
             )
+            tx.note(ch.THING, name)
         return Thing(name, ttype, attrs, now, 1)
 
     def get_thing(self, name: str) -> Thing:
@@ -559,6 +592,7 @@ class Registry(PrincipalTables):
                 .values(thing_type=new_type, attributes=_dump_attrs(new_attrs), version=cur.version + 1)
             )
             result = Thing(name, new_type, new_attrs, cur.created_at, cur.version + 1)
+            tx.note(ch.THING, name)
         return result
 
     def delete_thing(self, name: str) -> None:
@@ -581,6 +615,7 @@ class Registry(PrincipalTables):
                     "detach them first"
                 )
             tx.conn.execute(sa.delete(t.things).where(t.things.c.name == name))
+            tx.note(ch.THING, name)
 
     # ------------------------------------------------------------------ CAs
 
@@ -613,6 +648,7 @@ class Registry(PrincipalTables):
                     created_at=now,
                 )
             )
+            tx.note(ch.CA_KIND, ca_id)
         return CA(ca_id, pem, subject, status, bool(auto_registration), bool(is_own), now)
 
     def get_ca(self, ca_id: str) -> CA:
@@ -635,6 +671,7 @@ class Registry(PrincipalTables):
             if cur.status == status:
                 raise _NoChange
             tx.conn.execute(sa.update(t.cas).where(t.cas.c.ca_id == ident).values(status=status))
+            tx.note(ch.CA_KIND, ident)
             result = CA(cur.ca_id, cur.pem, cur.subject, status, cur.auto_registration, cur.is_own, cur.created_at)
         return result
 
@@ -701,6 +738,7 @@ class Registry(PrincipalTables):
                     revoked_at=revoked_at,
                 )
             )
+            tx.note(ch.CERTIFICATE, certificate_id)
             if status == "ACTIVE":
                 self._warn_inactive_ca(tx.conn, certificate_id, ca_id)
         return Certificate(
@@ -768,6 +806,7 @@ class Registry(PrincipalTables):
                 .where(t.certificates.c.certificate_id == ident)
                 .values(status=status, revoked_at=revoked_at)
             )
+            tx.note(ch.CERTIFICATE, ident)
             if status == "ACTIVE":
                 self._warn_inactive_ca(tx.conn, ident, cur.ca_id)
             result = Certificate(
@@ -812,6 +851,7 @@ class Registry(PrincipalTables):
             tx.conn.execute(
                 sa.insert(t.policy_versions).values(policy_name=name, version_id=1, document=document, created_at=now)
             )
+            tx.note(ch.POLICY, name)
         return Policy(name, 1, document, now)
 
     def get_policy(self, name: str) -> Policy:
@@ -847,6 +887,7 @@ class Registry(PrincipalTables):
                 raise Conflict(f"policy {name!r} is granted to {_ids(owners)}: delete those first")
             tx.conn.execute(sa.delete(t.policy_versions).where(t.policy_versions.c.policy_name == name))
             tx.conn.execute(sa.delete(t.policies).where(t.policies.c.name == name))
+            tx.note(ch.POLICY, name)
 
     def create_policy_version(self, name: str, document: str, *, set_as_default: bool = False) -> PolicyVersion:
         name = m.policy_name(name)
@@ -870,6 +911,7 @@ class Registry(PrincipalTables):
             if set_as_default:
                 values["default_version_id"] = vid
             tx.conn.execute(sa.update(t.policies).where(t.policies.c.name == name).values(**values))
+            tx.note(ch.POLICY, name)
         return PolicyVersion(name, vid, document, bool(set_as_default), now)
 
     def list_policy_versions(self, name: str) -> list[PolicyVersion]:
@@ -906,6 +948,7 @@ class Registry(PrincipalTables):
             if row.default_version_id == vid:
                 raise _NoChange
             tx.conn.execute(sa.update(t.policies).where(t.policies.c.name == name).values(default_version_id=vid))
+            tx.note(ch.POLICY, name)
         return result
 
     def delete_policy_version(self, name: str, version_id: int) -> None:
@@ -921,6 +964,7 @@ class Registry(PrincipalTables):
                     "make another version the default first, or delete the policy"
                 )
             tx.conn.execute(sa.delete(t.policy_versions).where(pv.policy_name == name, pv.version_id == vid))
+            tx.note(ch.POLICY, name)
 
     # ------------------------------------------------------------------ policy <-> certificate
 
@@ -940,6 +984,7 @@ class Registry(PrincipalTables):
                     f"({m.MAX_POLICIES_PER_CERTIFICATE}): detach one first or merge policies"
                 )
             tx.conn.execute(sa.insert(t.certificate_policies).values(certificate_id=ident, policy_name=policy_name))
+            tx.note(ch.CERTIFICATE, ident)
 
     def detach_policy(self, policy_name: str, certificate_id: str) -> None:
         policy_name = m.policy_name(policy_name)
@@ -952,6 +997,7 @@ class Registry(PrincipalTables):
             )
             if done.rowcount == 0:
                 raise NotFound(f"policy {policy_name!r} is not attached to certificate {ident}")
+            tx.note(ch.CERTIFICATE, ident)
 
     def list_attached_policies(self, certificate_id: str) -> list[Policy]:
         cp = t.certificate_policies.c
@@ -992,6 +1038,7 @@ class Registry(PrincipalTables):
             ).first():
                 raise _NoChange
             tx.conn.execute(sa.insert(t.thing_principals).values(thing_name=thing, certificate_id=ident))
+            tx.note(ch.CERTIFICATE, ident)
 
     def detach_thing_principal(self, thing: str, certificate_id: str) -> None:
         thing = m.thing_name(thing)
@@ -1004,6 +1051,7 @@ class Registry(PrincipalTables):
             )
             if done.rowcount == 0:
                 raise NotFound(f"certificate {ident} is not attached to thing {thing!r}")
+            tx.note(ch.CERTIFICATE, ident)
 
     def list_thing_principals(self, thing: str) -> list[Certificate]:
         thing = m.thing_name(thing)
@@ -1181,3 +1229,5 @@ class Registry(PrincipalTables):
             self._bulk_insert(conn, t.certificates, cert_rows)
             self._bulk_insert(conn, t.thing_principals, principal_rows)
             self._bulk_insert(conn, t.certificate_policies, policy_rows)
+            tx.note_many(ch.THING, seen_things)
+            tx.note_many(ch.CERTIFICATE, seen_certs)

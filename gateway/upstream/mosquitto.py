@@ -134,6 +134,8 @@ def write_config(config: BrokerConfig) -> Path:
     config.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(config.directory, 0o700)
     acl = f"# only the iotgate gateway's own identity may use this broker\nuser {config.username}\ntopic readwrite #\n"
+    # `#` does not match topics that start with `$`: the gateway's services publish and its devices subscribe there
+    acl += "topic readwrite $aws/#\n"
     if config.acl_extra:
         acl += f"\n# extra rules of this broker's configuration\n{config.acl_extra.rstrip()}\n"
     write_file(config.acl_path, acl.encode(), mode=0o600)

@@ -1,7 +1,7 @@
 """Every connector against the real stack (gateway on an ephemeral port, Mosquitto upstream, real mTLS): the same
 exchange and the same refusals, reported in the same result types whichever client library ran them.
 
-Levels: native, paho and aiomqtt speak MQTT 3.1.1 and 5.0; the awsiotsdk connector speaks 3.1.1. Nothing sleeps
+Levels: native, paho and aiomqtt speak MQTT 3.1.1 and 5.0; so does the awsiotsdk connector (mqtt_connection_builder, mqtt5_client_builder). Nothing sleeps
 to wait: every wait is on an event (a CONNACK, a message, a closed link) under a deadline.
 """
 
@@ -45,6 +45,7 @@ CASES = [
     pytest.param("aiomqtt", 4, id="aiomqtt-v311"),
     pytest.param("aiomqtt", 5, id="aiomqtt-v5"),
     pytest.param("awsiotsdk", 4, id="awsiotsdk-v311"),
+    pytest.param("awsiotsdk", 5, id="awsiotsdk-v5"),
 ]
 
 
@@ -116,7 +117,8 @@ def test_command_reaches_the_device_and_telemetry_is_acked(make, name, level):
         assert sub.ok and sub.reason == "granted" and sub.reason_codes == (1,), sub
 
         sent = await sender.publish(f"cmd/{thing}", b"reboot", qos=1)
-        assert sent.ok and sent.reason == "acked" and sent.reason_code == 0 and sent.packet_id, sent
+        assert sent.ok and sent.reason == "acked" and sent.reason_code == 0, sent
+        assert sent.packet_id or (name, level) == ("awsiotsdk", 5), sent  # the CRT's MQTT 5 client hides them
         message = await within(anext(messages))
         assert (message.topic, message.payload, message.qos) == (f"cmd/{thing}", b"reboot", 1)
 
@@ -143,7 +145,7 @@ def test_revoked_certificate_is_refused(make, name, level):
 
 
 @pytest.mark.parametrize("name,level", [
-    *CASES[:-1],
+    *(case for case in CASES if case.id != "awsiotsdk-v311"),
     pytest.param("awsiotsdk", 4, id="awsiotsdk-v311", marks=pytest.mark.xfail(
         strict=True, reason="aws-crt ends this attempt with AWS_ERROR_MQTT_PROTOCOL_ERROR instead of reporting "
                             "the gateway's CONNACK 0x05 (the revoked-certificate CONNACK 0x05 is reported)")),
@@ -220,3 +222,64 @@ def test_certificate_from_a_foreign_ca_fails_in_tls(make, gateway, broker, forei
         if not (direct.reason is Reason.CLOSED and "reset" in direct.detail.lower()):
             assert direct.reason is Reason.TLS and direct.stage == "tls" and direct.detail, direct
     run(scenario)
+
+
+@pytest.mark.parametrize("level", [4, 5], ids=["v311", "v5"])
+@pytest.mark.parametrize("legacy", [True, False], ids=["tls1.1-only", "tls1.2-control"])
+def test_awsiotsdk_refuses_an_endpoint_below_tls_1_2(make, fleet, tmp_path, level, legacy):
+    """aws-crt's default policy would agree TLS 1.1; the connector holds the SDK to TLS 1.2 and above. The control
+    (the same endpoint at TLS 1.2) shows the handshake itself is fine: it is the version that is refused."""
+    import socket
+    import ssl
+    import threading
+    import warnings
+
+    from certs.keys import private_key_pem, write_private_file
+    from certs.keys import generate_private_key as new_key
+
+    key = new_key("ec-p256")
+    cert = fleet.store.load_issuer().issue_server(key, ["localhost"], now=fleet.now)
+    (tmp_path / "server.pem").write_bytes(fleet.store.load_issuer().pem_with_chain(cert))
+    write_private_file(tmp_path / "server.key", private_key_pem(key))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if legacy:
+            ctx.minimum_version, ctx.maximum_version = ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1
+            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+        else:
+            ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(tmp_path / "server.pem"), str(tmp_path / "server.key"))
+    ctx.verify_mode = ssl.CERT_REQUIRED  # s2n with a client certificate insists on being asked for it
+    ctx.load_verify_locations(str(fleet.store.paths.chain))
+    listener = socket.create_server(("127.0.0.1", 0))
+    handshakes: list[str] = []
+
+    def serve() -> None:  # one connection: record the handshake's result, then close (no MQTT behind it)
+        listener.settimeout(WAIT)
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(WAIT)
+            try:
+                with ctx.wrap_socket(conn, server_side=True) as tls:
+                    handshakes.append(tls.version() or "")
+            except (ssl.SSLError, OSError) as exc:
+                handshakes.append(f"failed: {exc}")
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        _, device = make("awsiotsdk", level, port=listener.getsockname()[1])
+        outcome = run(device.connect)
+    finally:
+        server.join(WAIT)
+        listener.close()
+    assert not outcome.ok
+    if legacy:
+        assert outcome.reason is Reason.TLS, outcome
+        assert handshakes and handshakes[0].startswith("failed"), handshakes
+    else:
+        assert handshakes == ["TLSv1.2"], (handshakes, outcome)

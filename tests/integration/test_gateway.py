@@ -251,14 +251,19 @@ def test_qos2_is_downgraded_on_subscribe_and_refused_on_publish(gateway, devices
     assert isinstance(disconnect, Disconnect) and disconnect.reason_code == ReasonCode.QOS_NOT_SUPPORTED
 
 
-def test_aws_reserved_topics_never_go_upstream(gateway, devices, pair):
+def test_aws_topics_no_service_answers_are_refused(gateway, devices, pair):
     (alice, files, _), _ = pair
     device = devices(files, alice, version=5)
     assert device.connect() == 0
-    # Even where the policy allows them, $aws topics are answered by the gateway (not upstream).
-    assert device.subscribe("$aws/things/x/shadow/get/accepted") == [0x87]
-    assert device.publish("$aws/things/x/shadow/get", b"{}", qos=1) == 0x87
+    # Even where the policy allows them: a reply topic is the services' to publish, and `$aws/rules/...` (Basic
+    # Ingest) is not served; `$SYS` is the broker's own.
+    assert device.publish("$aws/things/x/shadow/get/accepted", b"{}", qos=1) == 0x87
     gateway.events.wait_for(event="publish", client_id=alice, kind="reserved_topic")
+    assert device.publish("$aws/rules/r1/t", b"{}", qos=1) == 0x87
+    assert device.subscribe("$SYS/#") == [0x87]
+    # A request topic the policy allows is answered (not refused), a reply filter it allows is granted.
+    assert device.subscribe("$aws/things/x/shadow/get/accepted") == [1]
+    assert device.publish("$aws/things/x/shadow/get", b"{}", qos=1) == 0
 
 
 # --------------------------------------------------------------------------------------------- session lifecycle

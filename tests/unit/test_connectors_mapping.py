@@ -72,7 +72,6 @@ def test_crt_ping_timeout_stays_below_the_keep_alive():
 
 
 @pytest.mark.parametrize("options,match", [
-    (ClientOptions(protocol_level=5), "protocol_level 5"),
     (ClientOptions(keep_alive=0), "keep_alive 0"),
     (ClientOptions(max_inflight=10), "max_inflight"),
     (ClientOptions(max_resends=1), "max_resends"),

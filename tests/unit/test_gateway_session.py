@@ -76,11 +76,11 @@ def drain(session: Session) -> tuple[list, list, list]:
 
 
 def connected(level: int = 5, auth=None, limits: Limits = LIMITS, connect: Connect | None = None,
-              connack: Connack | None = None) -> Session:
+              connack: Connack | None = None, serves=None) -> Session:
     """A session past CONNECT, upstream CONNECT and CONNACK, with its outputs drained."""
     session = Session(Peer("192.0.2.7", 40000, "localhost", "TLSv1.3"), auth or principal(), limits,
                       connect_limiter=RateLimiter(100, 100), upstream_username="iotgate-gateway",
-                      upstream_password=GATEWAY_PASSWORD, assign_client_id=lambda: "assigned-1")
+                      upstream_password=GATEWAY_PASSWORD, assign_client_id=lambda: "assigned-1", serves=serves)
     connect = connect or Connect("alice", protocol_level=level, username="dev", password=b"device-pw")
     session.receive_device(encode(connect, level), 0.0)
     if session.closed:
@@ -711,3 +711,70 @@ def test_shared_filters_ask_the_broker_for_no_retained_messages():
     session.receive_device(encode(Subscribe(2, (shared,)), 5), 0.0)
     _, upstream, _ = drain(session)
     assert upstream == [Subscribe(2, (dataclasses.replace(shared, retain_handling=2),))]
+
+
+# --------------------------------------------------------------------------------------------- `$aws/` services
+
+def _shadow_topics(topic: str) -> bool:
+    return topic.startswith("$aws/things/") and topic.rsplit("/", 1)[-1] in ("get", "update", "delete")
+
+
+SERVICE_CASES = [
+    # (name, level, packet, services, expected to device, expected service effects, event kind)
+    ("allowed request goes to the services, acknowledged", 5,
+     Publish("$aws/things/alice/shadow/get", b"{}", qos=1, packet_id=4), _shadow_topics,
+     [PubAck(4)], [("request", "$aws/things/alice/shadow/get", b"{}")], None),
+    ("allowed request on 3.1.1", 4, Publish("$aws/things/alice/shadow/update", b"{}", qos=1, packet_id=4),
+     _shadow_topics, [PubAck(4)], [("request", "$aws/things/alice/shadow/update", b"{}")], None),
+    ("request outside the policy is refused", 5, Publish("$aws/things/bob/shadow/get", b"", qos=1, packet_id=5),
+     _shadow_topics, [PubAck(5, R.NOT_AUTHORIZED)], [], "publish_denied"),
+    ("topic no service answers is reserved", 5, Publish("$aws/things/alice/shadow/get/accepted", b"", qos=1,
+                                                       packet_id=6),
+     _shadow_topics, [PubAck(6, R.NOT_AUTHORIZED)], [], "reserved_topic"),
+    ("without services every $aws topic is reserved", 5, Publish("$aws/things/alice/shadow/get", b"", qos=1,
+                                                                packet_id=7),
+     None, [PubAck(7, R.NOT_AUTHORIZED)], [], "reserved_topic"),
+]
+
+SERVICE_POLICY = parse_policy("""{
+  "Version": "2012-10-17",
+  "Statement": [
+    {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
+    {"Effect": "Allow", "Action": ["iot:Publish", "iot:Subscribe"],
+     "Resource": ["arn:aws:iot:*:*:topic/$aws/things/alice/*", "arn:aws:iot:*:*:topicfilter/$aws/things/alice/*"]}
+  ]
+}""", name="shadow")
+
+
+@pytest.mark.parametrize("name,level,packet,services,to_device,effects,kind", SERVICE_CASES,
+                         ids=[c[0] for c in SERVICE_CASES])
+def test_service_requests(name, level, packet, services, to_device, effects, kind):
+    session = connected(level, auth=principal(SERVICE_POLICY), serves=services)
+    drain(session)
+    session.receive_device(encode(packet, level), 1.0)
+    device, upstream, events = drain(session)
+    assert upstream == []  # never upstream
+    assert session.out.service == effects
+    if level == 4 and kind is not None:
+        assert session.closed
+    else:
+        assert device == to_device
+    assert [e["kind"] for e in events] == ([kind] if kind else [])
+
+
+def test_reply_filters_are_held_upstream_and_reported_for_lifecycle_events():
+    session = connected(5, auth=principal(SERVICE_POLICY), serves=_shadow_topics)
+    drain(session)
+    sub = Subscribe(9, (Subscription("$aws/things/alice/shadow/get/accepted", 1),
+                        Subscription("$aws/things/bob/shadow/get/accepted", 1), Subscription("$SYS/broker", 0)))
+    session.receive_device(encode(sub, 5), 1.0)
+    device, upstream, _ = drain(session)
+    assert device == [] and [s.topic_filter for s in upstream[0].subscriptions] == [
+        "$aws/things/alice/shadow/get/accepted"]
+    session.receive_upstream(encode(SubAck(9, (1,)), 5))
+    device, _, _ = drain(session)
+    assert device == [SubAck(9, (1, R.NOT_AUTHORIZED, R.NOT_AUTHORIZED))]
+    assert session.out.service == [("subscribed", ["$aws/things/alice/shadow/get/accepted"])]
+    session.out.service.clear()
+    session.receive_device(encode(Unsubscribe(10, ("$aws/things/alice/shadow/get/accepted",)), 5), 2.0)
+    assert session.out.service == [("unsubscribed", ["$aws/things/alice/shadow/get/accepted"])]

@@ -1,0 +1,237 @@
+"""The asyncio shell of the services: one worker thread for their database work, and the gateway's own
+publisher link to the broker.
+
+Requests and lifecycle notices from sessions run on one worker thread, in the order they came (a device's
+update is answered before its next get); the messages they return are published on the services' link: one
+MQTT connection per gateway to the upstream broker under the gateway's own identity (as the sessions'
+links: mTLS or the unix socket, never anonymous). Through the broker they reach subscribers on every gateway
+of the fleet, each delivery decided by iot:Receive in the subscriber's session. The outbox (messages made by
+the CLI) is polled and published the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import sys
+import time
+import uuid
+from collections.abc import Callable
+
+from gateway.mqtt import Connect, Framer, MQTTProtocolError, PacketType, Publish, decode, encode
+from gateway.services.base import Caller, Dispatcher, Message, Request
+from gateway.services.jobs_service import JobsService
+from gateway.services.lifecycle import Presence, connected, disconnected, subscriptions
+from gateway.services.shadow_service import ShadowService
+from gateway.services.store import ServiceStore
+
+PINGREQ = b"\xc0\x00"
+
+
+class _LinkProtocol(asyncio.Protocol):
+    def __init__(self, link: "ServiceLink") -> None:
+        self.link = link
+        self.framer = Framer(1 << 20, protocol_level=4)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for frame in self.framer.feed(data):
+                if frame.packet_type is PacketType.CONNACK:
+                    self.link._on_connack(decode(frame, 4).reason_code)
+        except MQTTProtocolError as exc:
+            self.link._on_lost(f"malformed packet from the broker: {exc}")
+
+    def connection_lost(self, exc) -> None:
+        self.link._on_lost(str(exc) if exc else "closed by the broker")
+
+
+class ServiceLink:
+    """A QoS 0 publisher to the upstream broker that reconnects; what waits while it is down is bounded."""
+
+    def __init__(self, connector, *, client_id: str | None = None, keepalive: int = 60, max_queue: int = 10_000,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.connector = connector
+        self.client_id = client_id or f"iotgate-services-{uuid.uuid4().hex[:12]}"
+        self.keepalive = keepalive
+        self.queue: collections.deque[bytes] = collections.deque(maxlen=max_queue)
+        self.dropped = 0
+        self.published = 0
+        self.connected = asyncio.Event()
+        self._transport = None
+        self._connack: asyncio.Future | None = None
+        self._gone: asyncio.Future | None = None
+        self._log = log or (lambda text: print(f"iotgate gateway: services link: {text}", file=sys.stderr))
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        data = encode(Publish(topic, payload), 4)
+        if self._transport is not None and self.connected.is_set() and not self._transport.is_closing():
+            self._transport.write(data)
+            self.published += 1
+            return
+        if len(self.queue) == self.queue.maxlen:
+            self.dropped += 1
+        self.queue.append(data)
+
+    async def run(self) -> None:
+        delay = 0.1
+        loop = asyncio.get_running_loop()
+        while True:
+            self._connack = loop.create_future()
+            self._gone = loop.create_future()
+            try:
+                self._transport = await self.connector.open(lambda: _LinkProtocol(self))
+                self._transport.write(encode(Connect(
+                    self.client_id, 4, True, self.keepalive, username=self.connector.username,
+                    password=self.connector.password), 4))
+                async with asyncio.timeout(self.connector.timeout):
+                    code = await self._connack
+                if code != 0:
+                    raise ConnectionError(f"the broker refused the services' CONNECT (return code {int(code)})")
+            except asyncio.CancelledError:
+                self._close()
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure: retry with backoff
+                self._log(f"cannot reach the broker ({exc or type(exc).__name__}); retrying")
+                self._close()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.1
+            self.connected.set()
+            while self.queue:
+                self._transport.write(self.queue.popleft())
+                self.published += 1
+            try:
+                while not self._gone.done():
+                    try:
+                        async with asyncio.timeout(self.keepalive / 2):
+                            await asyncio.shield(self._gone)
+                    except TimeoutError:
+                        self._transport.write(PINGREQ)
+            except asyncio.CancelledError:
+                self._close()
+                raise
+            self._log(f"connection lost ({self._gone.result()}); reconnecting")
+            self._close()
+
+    def _on_connack(self, code) -> None:
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result(code)
+
+    def _on_lost(self, detail: str) -> None:
+        self.connected.clear()
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(ConnectionError(detail))
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(detail)
+
+    def _close(self) -> None:
+        self.connected.clear()
+        if self._transport is not None:
+            self._transport.abort()
+            self._transport = None
+
+
+class ServiceHub:
+    """What the gateway holds: ``serves`` for sessions, ``request`` / ``connected`` / ``subscribed`` /
+    ``disconnected`` from connections, ``run`` as one of its tasks."""
+
+    def __init__(self, registry, connector, *, clock: Callable[[], float] = time.time,
+                 on_error: Callable[[str, BaseException], None] | None = None, outbox_interval: float = 0.25) -> None:
+        self.store = ServiceStore.of(registry)
+        self.shadow = ShadowService(self.store)
+        self.jobs = JobsService(self.store)
+        self.dispatcher = Dispatcher([self.shadow, self.jobs])
+        self.link = ServiceLink(connector)
+        self.clock = clock
+        self.outbox_interval = outbox_interval
+        self._on_error = on_error or (lambda where, exc: print(f"iotgate gateway: {where}: {exc}", file=sys.stderr))
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="iotgate-services")
+        self._presence: dict[int, Presence] = {}  # touched on the worker thread only
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self.requests = 0
+
+    def serves(self, topic: str) -> bool:
+        return self.dispatcher.serves(topic)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._loop.run_in_executor(self._executor, self.store.ensure)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.link.run(), name="iotgate-services-link")
+                tg.create_task(self._drain_outbox(), name="iotgate-services-outbox")
+        finally:
+            self._closed = True
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _drain_outbox(self) -> None:
+        while True:
+            await asyncio.sleep(self.outbox_interval)
+            await self.link.connected.wait()  # taken only when they can be published at once
+            try:
+                rows = await self._loop.run_in_executor(self._executor, self.store.take_outbox)
+            except Exception as exc:  # noqa: BLE001 - the registry may be away for a while
+                self._on_error("services outbox", exc)
+                continue
+            for topic, payload in rows:
+                self.link.publish(topic, payload)
+
+    # ------------------------------------------------------------------ from connections (on the loop)
+
+    def request(self, caller: Caller, topic: str, payload: bytes) -> None:
+        self.requests += 1
+        self._submit(self._handle, Request(caller, topic, payload, self.clock()))
+
+    def connected(self, key: int, caller: Caller) -> None:
+        self._submit(self._connected, key, caller, self.clock())
+
+    def subscribed(self, key: int, event: str, topics: list[str]) -> None:
+        self._submit(self._subscriptions, key, event, topics, self.clock())
+
+    def disconnected(self, key: int, close_key: str) -> None:
+        self._submit(self._disconnected, key, close_key, self.clock())
+
+    def _submit(self, fn, *args) -> None:
+        if self._closed or self._loop is None:
+            return
+        future = self._loop.run_in_executor(self._executor, fn, *args)
+        future.add_done_callback(self._publish)
+
+    def _publish(self, future: asyncio.Future) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            self._on_error("services worker", exc)
+            return
+        for message in future.result():
+            self.link.publish(message.topic, message.payload)
+
+    # ------------------------------------------------------------------ on the worker thread
+
+    def _handle(self, request: Request) -> list[Message]:
+        service = self.dispatcher.route(request.topic)
+        if service is None:
+            return []
+        try:
+            return service.handle(request)
+        except Exception as exc:  # noqa: BLE001 - one request's failure is logged; the others go on
+            self._on_error(f"service {service.name} on {request.topic}", exc)
+            return []
+
+    def _connected(self, key: int, caller: Caller, now: float) -> list[Message]:
+        version = self.store.next_client_version(caller.client_id)
+        p = self._presence[key] = Presence(caller.client_id, str(uuid.uuid4()), caller.principal_id,
+                                           caller.source_ip, version)
+        return [connected(p, int(now * 1000))]
+
+    def _subscriptions(self, key: int, event: str, topics: list[str], now: float) -> list[Message]:
+        p = self._presence.get(key)
+        return [subscriptions(p, int(now * 1000), event, topics)] if p is not None else []
+
+    def _disconnected(self, key: int, close_key: str, now: float) -> list[Message]:
+        p = self._presence.pop(key, None)
+        return [disconnected(p, int(now * 1000), close_key)] if p is not None else []
