@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import enum
 import ssl
 import time
@@ -33,6 +34,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from devices.backoff import Backoff
 from devices.identity import DeviceIdentity
+from devices.token_devices import TokenIdentity
 from devices.transport import DeviceTLS, Endpoint, Link, LinkTimings, Transport, TransportError, get_transport
 from gateway.mqtt import (
     DEFAULT_MAX_PACKET_SIZE,
@@ -839,6 +841,10 @@ class DeviceClient:
         connack = self._connack = loop.create_future()
         link: Link | None = None
         self._closing = None
+        identity = self.tls.identity
+        if isinstance(identity, TokenIdentity) and identity.auth == "token":   # a fresh token per connection
+            self.core.options = dataclasses.replace(self.core.options,
+                                                    username=identity.username(datetime.datetime.now(datetime.UTC)))
         sink = self._sink = _Sink(self)
         try:
             async with asyncio.timeout(self.options.connect_timeout):

@@ -39,6 +39,10 @@ class TokenIdentity(DeviceIdentity):
     port: int = 0                                        # the token listener
     credential: Callable[[dt.datetime], str] | None = None
 
+    def username(self, now: dt.datetime) -> str | None:
+        """The CONNECT username of a connection made at ``now``: a fresh token (custom authorizer), else None."""
+        return self.credential(now) if self.auth == "token" and self.credential is not None else None
+
     def endpoint(self, endpoint: Endpoint) -> Endpoint:
         """Where this device connects: the token listener of ``endpoint``'s host, with its ALPN."""
         return Endpoint(endpoint.host, self.port, endpoint.server_name,

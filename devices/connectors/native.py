@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 from collections.abc import Callable
 
 from devices.client import ClientOptions, DeviceClient, DisconnectNotice, Endpoint
@@ -23,8 +21,7 @@ class NativeConnector:
         if isinstance(identity, TokenIdentity):   # no certificate: the gateway's token listener
             endpoint = identity.endpoint(endpoint)
             tls = CredentialTLS(identity, alpn=endpoint.alpn)
-            if identity.auth == "token":
-                options = dataclasses.replace(options, username=identity.credential(dt.datetime.now(dt.UTC)))
+            if identity.auth == "token":   # the client puts a fresh token in each CONNECT
                 return DeviceClient(identity, endpoint, client_id=client_id, options=options, transport="stdlib",
                                     on_disconnect=on_disconnect, tls=tls)
             return DeviceClient(identity, endpoint, client_id=client_id, options=options,
