@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import errno
+import hashlib
 import os
 import secrets
 import socket
@@ -37,6 +38,8 @@ import traceback
 from collections.abc import Callable
 
 import orjson
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from certs.keys import write_file
 from certs.store import PASSPHRASE_ENV, PKIPaths, PKIStore
@@ -593,6 +596,7 @@ class Gateway:
             self.token_port = self._token_listener.getsockname()[1]
             listen += f", {cfg.host}:{self.token_port} (tokens, WebSocket)"
         self.metrics.info.update(listen=listen, upstream=str(target), state="running")
+        self.record(upstream_event(target, pki, cfg.upstream_username), None)
         if cfg.metrics_port:
             self._metrics_server = await start_metrics_server(self.metrics, cfg.metrics_host, cfg.metrics_port,
                                                                refresh=self.stats)
@@ -1101,6 +1105,24 @@ def _bare_event(event: str, addr: tuple, decision: str, kind: str, reason: str) 
     return {"event": event, "source": source, "certificate_id": None, "thing": None, "client_id": None,
             "action": None, "resource": None, "decision": decision, "statement": None, "kind": kind,
             "reason": reason}
+
+
+def upstream_event(target, pki: PKIPaths, username: str) -> dict:
+    """The access-log line naming the gateway's own identity towards the broker (the gateway -> broker hop)."""
+    event = {"event": "upstream", "source": None, "certificate_id": None, "thing": None, "client_id": None,
+             "action": None, "resource": str(target), "decision": "configured", "statement": None,
+             "identity": username}
+    if target.scheme == "unix":
+        event.update(kind="password", auth="password", reason="unix socket with the gateway's own password")
+        return event
+    event.update(kind="mtls", auth="mtls", reason="mutual TLS with the gateway's client certificate")
+    try:
+        cert = x509.load_pem_x509_certificate(pki.client_cert.read_bytes())
+        event["certificate_id"] = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+        event["ca"] = cert.issuer.rfc4514_string()
+    except (OSError, ValueError):
+        event["reason"] += " (not readable here: not identified)"
+    return event
 
 
 def _assign_client_id() -> str:

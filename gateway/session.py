@@ -59,6 +59,21 @@ R = ReasonCode
 PINGRESP = b"\xd0\x00"
 PINGREQ = b"\xc0\x00"
 UPSTREAM_MAX_PACKET = 4 * 1024 * 1024
+MAX_FLOWS_PER_SESSION = 256  # distinct allowed (action, topic) rows one session logs; the rest are counted together
+
+_AUTH_METHODS = {"x509": "mtls", "authorizer": "custom_authorizer", "sigv4": "sigv4"}
+
+
+def auth_method(auth: Principal | AuthRefusal) -> str:
+    """How a connection authenticated (or tried to): mtls, custom_authorizer or sigv4 (the access-log ``auth``)."""
+    if isinstance(auth, Principal):
+        return _AUTH_METHODS.get(auth.kind, auth.kind)
+    fields = dict(auth.log)
+    if "access_key" in fields:
+        return "sigv4"
+    if "authorizer" in fields:
+        return "custom_authorizer"
+    return "mtls"
 
 
 class State(enum.Enum):
@@ -223,7 +238,7 @@ class Session:
         "_upstream_connect", "_connect_decision", "_requested_keepalive", "_assigned", "_session_expiry",
         "_expiry_granted",
         "_pending", "_pending_bytes", "_aliases", "_inflight", "_subs", "_reserved", "_hash_parents", "_subacks",
-        "_pub_bucket", "_byte_bucket", "_throttle_logged", "_serves",
+        "_pub_bucket", "_byte_bucket", "_throttle_logged", "_serves", "_flows",
     )
 
     def __init__(self, peer: Peer, auth: Principal | AuthRefusal, limits: Limits, *,
@@ -273,6 +288,8 @@ class Session:
         self.packets_in = 0
         self.published = 0  # publishes forwarded upstream
         self.delivered = 0  # deliveries forwarded to the device
+        # allowed (action, topic or filter) -> [count, payload bytes]: logged once, with the session's last event
+        self._flows: dict[tuple[str, str], list[int]] = {}
 
     # ------------------------------------------------------------------ identity
 
@@ -573,6 +590,7 @@ class Session:
         else:
             self.out.upstream.append(frame.data)
         self.published += 1
+        self._flow(action, topic, len(frame.data))
 
     def _service_request(self, frame: Frame, header, resource: str) -> None:
         """A request to the gateway's services: decided by iot:Publish, acknowledged here, answered by them."""
@@ -669,6 +687,7 @@ class Session:
             self._reserved.add(flt)
             codes.append(None)
             forward.append(self._upstream_subscription(sub))
+            self._flow("iot:Subscribe", flt, 0)
         if not forward:
             self.out.device.append(encode(SubAck(pid, tuple(codes)), level))
             return
@@ -787,6 +806,7 @@ class Session:
             return
         self.out.device.append(frame.data)
         self.delivered += 1
+        self._flow("iot:Receive", topic, len(frame.data))
 
     def _drop_delivery(self, packet_id: int | None) -> None:
         # The broker's inflight window must not stall: the gateway acknowledges a dropped QoS 1 delivery itself.
@@ -975,7 +995,7 @@ class Session:
         if action == "iot:Connect" and resource is None and self.client_id is not None:
             resource = f"client/{self.client_id}"
         self._event(event, action, resource, outcome, close.key, close.reason, decision,
-                    code=None if code is None else int(code))
+                    code=None if code is None else int(code), flows=self._flow_summary())
         self.state = State.CLOSED
         self._pending.clear()
         self.out.close = close
@@ -989,6 +1009,27 @@ class Session:
             return encode(Connack(False, code), 5)
         v3 = connect_return_code_for(code)
         return encode(Connack(False, v3), 4) if v3 is not None else b""
+
+    def _flow(self, action: str, name: str, size: int) -> None:
+        entry = self._flows.get((action, name))
+        if entry is None:
+            if len(self._flows) >= MAX_FLOWS_PER_SESSION:
+                entry = self._flows.setdefault(("", ""), [0, 0])  # the overflow row
+            else:
+                entry = self._flows[(action, name)] = [0, 0]
+        entry[0] += 1
+        entry[1] += size
+
+    def _flow_summary(self) -> list | None:
+        """The allowed flows of this session, for its last access-log event (``flows`` there)."""
+        if not self._flows:
+            return None
+        rows = [{"action": a, "topic": t, "count": n, "bytes": b} for (a, t), (n, b) in self._flows.items() if a]
+        other = self._flows.get(("", ""))
+        if other is not None:
+            rows.append({"action": None, "topic": None, "count": other[0], "bytes": other[1]})
+        self._flows.clear()
+        return rows
 
     def _event(self, event: str, action: str | None, resource: str | None, decision: str, key: str, reason: str,
                policy_decision: Decision | None = None, **extra) -> None:
@@ -1007,6 +1048,10 @@ class Session:
         }
         if self._auth.log:
             record.update(self._auth.log)
+        if event == "connect":
+            record["auth"] = auth_method(self._auth)
+            if self._auth.certificate_id is not None:
+                record["ca_id"] = getattr(self._auth, "ca_id", None)
         if extra:
             record.update({k: v for k, v in extra.items() if v is not None})
         self.out.events.append(record)
