@@ -233,3 +233,32 @@ def test_fleet_provision_by_claim_onboards_devices_through_the_gateway(fleet, ga
         main(["--home", str(fleet.home), "fleet", "provision", "--by-claim", "--count", "1", "--policy", "room",
               "--claim-cert", str(claim.cert), "--claim-key", str(claim.key), "--template", "fleet"])
     assert refused.value.code == 2 and "--policy does not apply to --by-claim" in capsys.readouterr().err
+
+
+def test_the_sdks_request_response_identity_client_over_mqtt5(fleet, gateway, claim):
+    """IotIdentityClientV2 (awscrt's request-response client on an MQTT 5 client), as the newer AWS samples use it."""
+    import concurrent.futures
+
+    from awscrt import mqtt5, mqtt_request_response
+    from awsiot import iotidentity, mqtt5_client_builder
+
+    connected: concurrent.futures.Future = concurrent.futures.Future()
+    client = mqtt5_client_builder.mtls_from_path(
+        endpoint="localhost", port=gateway.port, cert_filepath=str(claim.cert), pri_key_filepath=str(claim.key),
+        ca_filepath=str(claim.root_ca), client_id="claim-v2", enable_metrics_collection=False,
+        on_lifecycle_connection_success=lambda data: connected.done() or connected.set_result(True),
+        on_lifecycle_connection_failure=lambda data: connected.done() or connected.set_exception(
+            RuntimeError(f"connect failed: {data.exception}")))
+    client.start()
+    try:
+        connected.result(WAIT)
+        identity = iotidentity.IotIdentityClientV2(client, mqtt_request_response.ClientOptions(
+            max_request_response_subscriptions=4, max_streaming_subscriptions=2, operation_timeout_in_seconds=10))
+        created = identity.create_keys_and_certificate(iotidentity.CreateKeysAndCertificateRequest()).result(WAIT * 2)
+        registered = identity.register_thing(iotidentity.RegisterThingRequest(
+            template_name="fleet", certificate_ownership_token=created.certificate_ownership_token,
+            parameters={"SerialNumber": "5005"})).result(WAIT * 2)
+    finally:
+        client.stop(mqtt5.DisconnectPacket())
+    assert registered.thing_name == "sensor-5005"
+    assert fleet.registry.get_certificate(created.certificate_id).status == "ACTIVE"
