@@ -151,7 +151,8 @@ class ChaosPart:
             self.checks.append(Check(f"rotation at {rotation.at:g} s", CheckStatus.SKIPPED,
                                      "needs a local registry to issue the new certificates"))
             return
-        chosen = pick(self.fleet.live(), rotation.fraction, self.rng)
+        # only devices with a certificate rotate one (token and SigV4 devices have no directory of files)
+        chosen = pick([d for d in self.fleet.live() if d.directory is not None], rotation.fraction, self.rng)
         if self._nobody(f"rotation at {rotation.at:g} s", rotation.fraction, chosen):
             return
         offsets = spread_offsets(len(chosen), rotation.spread)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import enum
 import ssl
 import time
@@ -33,6 +34,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from devices.backoff import Backoff
 from devices.identity import DeviceIdentity
+from devices.token_devices import TokenIdentity
 from devices.transport import DeviceTLS, Endpoint, Link, LinkTimings, Transport, TransportError, get_transport
 from gateway.mqtt import (
     DEFAULT_MAX_PACKET_SIZE,
@@ -638,6 +640,7 @@ class Reason(enum.StrEnum):
     TCP = "tcp"                    # connection refused, unreachable, ...
     TLS = "tls"                    # handshake failure or TLS alert: server verification, client certificate
     CLOSED = "closed"              # the server closed the connection before CONNACK
+    HTTP = "http"                  # the WebSocket upgrade was refused (an HTTP status: a refused signature)
     PROTOCOL = "protocol"          # the server sent something that is not MQTT
     TIMEOUT = "timeout"
 
@@ -770,12 +773,13 @@ class DeviceClient:
                  on_outcome: Callable[[ConnectOutcome], None] | None = None,
                  on_disconnect: Callable[[DisconnectNotice], None] | None = None,
                  trace: Callable[[str, Packet], None] | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, tls: DeviceTLS | None = None) -> None:
         self.transport = get_transport(transport)
         self.endpoint = endpoint
         self.options = options
         keep = self.transport.keeps_context if keep_context is None else keep_context
-        self.tls = DeviceTLS(identity, alpn=endpoint.alpn, keep=keep)
+        # ``tls``: other TLS material than the identity's certificate (a device that authenticates by token)
+        self.tls = tls if tls is not None else DeviceTLS(identity, alpn=endpoint.alpn, keep=keep)
         self.core = ClientCore(identity.thing_name if client_id is None else client_id, options, trace=trace)
         self.backoff = backoff
         self.local_addr = local_addr
@@ -837,6 +841,10 @@ class DeviceClient:
         connack = self._connack = loop.create_future()
         link: Link | None = None
         self._closing = None
+        identity = self.tls.identity
+        if isinstance(identity, TokenIdentity) and identity.auth == "token":   # a fresh token per connection
+            self.core.options = dataclasses.replace(self.core.options,
+                                                    username=identity.username(datetime.datetime.now(datetime.UTC)))
         sink = self._sink = _Sink(self)
         try:
             async with asyncio.timeout(self.options.connect_timeout):

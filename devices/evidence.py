@@ -92,6 +92,8 @@ def classify_connect(outcome: ConnectOutcome) -> tuple[Outcome, str]:
         return Outcome.CLOSED, _short(f"closed by the server after CONNECT, before CONNACK ({why}; no TLS alert received)")
     if reason is Reason.TLS:
         return classify_tls_failure(outcome.detail)
+    if reason is Reason.HTTP:
+        return Outcome.REFUSED_HTTP, _short(f"WebSocket upgrade refused: {outcome.detail}", 200)
     if reason is Reason.IDENTITY:
         return Outcome.DEVICE_ERROR, _short(f"the device's own files: {outcome.detail}", 400)
     # DNS, TCP, TIMEOUT, PROTOCOL: the target did not answer as an MQTT server; nothing is proven
@@ -105,7 +107,7 @@ def is_auth_refusal(outcome: ConnectOutcome, level: int) -> bool:
     if outcome.reason is Reason.REFUSED and outcome.code is not None:
         return outcome.code in (AUTH_REFUSALS_V5 if level == 5 else AUTH_REFUSALS_V3)
     kind, _ = classify_connect(outcome)
-    return kind is Outcome.REFUSED_TLS
+    return kind in (Outcome.REFUSED_TLS, Outcome.REFUSED_HTTP)
 
 
 def connect_detail(outcome: ConnectOutcome) -> str:

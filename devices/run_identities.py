@@ -26,7 +26,9 @@ from devices.identity import DeviceIdentity, IdentityError, make_key_and_csr, wr
 from devices.plan import FleetError, FleetPlan, LocalPKI
 from devices.provisioning import default_workers, ensure_policy, provision_fleet, register_certificate, thing_names
 from devices.scenario import MAX_DEVICES, Group, allocate
-from devices.token_attacks import TokenWorld
+from devices.token_attacks import (DEVICE_AUTHORIZER, DEVICE_KEY_IDENTITY, DEVICE_KEY_POLICY, DEVICE_TOKEN_POLICY,
+                                   TokenWorld)
+from devices.token_devices import SigV4Signer, TokenIdentity
 from gateway.registry import NotFound
 
 OPERATOR_THING = "sim-operator"
@@ -77,6 +79,7 @@ class RunIdentities:
         self.created: list[str] = []         # certificate ids this run registered for its own identities
         self._lock = threading.Lock()
         self._token_world: TokenWorld | None = None
+        self._device_world: TokenWorld | None = None
 
     # ------------------------------------------------------------------ the fleet
 
@@ -104,6 +107,9 @@ class RunIdentities:
             names = thing_names(group.thing_prefix, counts[group.name])
             if not names:
                 continue
+            if group.auth != "certificate":
+                out.extend(self._credential_devices(group, names))
+                continue
             if local is not None:
                 policy = self.policy_for(group)
                 workers = 1 if len(names) < 200 else default_workers()
@@ -118,6 +124,42 @@ class RunIdentities:
                     raise FleetError(f"group {group.name}: {exc}") from None
                 out.append(FleetIdentity(thing, group, identity, directory, cert_id_of(identity.cert_file)))
         return out
+
+    def _credential_devices(self, group: Group, names: list[str]) -> list[FleetIdentity]:
+        """Devices without certificates: a token from the run's identity provider, or an access key each."""
+        plan = self.plan
+        why = ("needs --target gateway" if plan.target != "gateway" else "needs a local registry" if self.local is None
+               else "needs the gateway's token listener: pass --token-port" if plan.token_port is None
+               else "runs on the native connector only" if plan.connector != "native" else "")
+        if why:
+            raise FleetError(f"group {group.name}: auth = {group.auth!r} {why}")
+        if not all(n.startswith("sim-") for n in names) and group.auth == "sigv4":
+            raise FleetError(f"group {group.name}: a sigv4 group's thing names start with sim- (its prefix)")
+        world = self.device_world()
+        lifetime = int(plan.run_duration) + 900           # the gateway ends a session when its token expires
+        out = []
+        for thing in names:
+            if group.auth == "token":
+                def credential(now, thing=thing):
+                    return world.username(world.token(thing, now, lifetime=lifetime))
+            else:
+                with self._lock:
+                    akid, secret = world.add_key(thing)
+                credential = SigV4Signer(akid, secret, world.region, plan.endpoint.sni)
+            identity = TokenIdentity(thing, "", "", plan.server_ca, auth=group.auth, port=plan.token_port,
+                                     credential=credential)
+            out.append(FleetIdentity(thing, group, identity, None, None))
+        return out
+
+    def device_world(self) -> TokenWorld:
+        """The identity provider, authorizer and policies of the run's token and SigV4 devices."""
+        local = self._need_local()
+        with self._lock:
+            if self._device_world is None:
+                self._device_world = TokenWorld.create(
+                    local.registry, local.store.home, self.scratch, authorizer=DEVICE_AUTHORIZER,
+                    identity=DEVICE_KEY_IDENTITY, policy=DEVICE_TOKEN_POLICY, key_policy=DEVICE_KEY_POLICY)
+            return self._device_world
 
     def register(self, thing: str, cert: x509.Certificate, pem: bytes, status: str = "ACTIVE",
                  policies: tuple[str, ...] = ()) -> str:
@@ -200,9 +242,12 @@ class RunIdentities:
         keeps them; delete the run's authorizer and access key. Returns notes for the report."""
         notes = []
         local = self.local
-        if local is not None and self._token_world is not None and not self.plan.keep_identities:
-            self._token_world.retire(local.registry)
-            notes.append("the run's custom authorizer and SigV4 access key were deleted")
+        if local is not None and not self.plan.keep_identities:
+            worlds = [w for w in (self._token_world, self._device_world) if w is not None]
+            for world in worlds:
+                world.retire(local.registry)
+            if worlds:
+                notes.append("the run's custom authorizers and SigV4 access keys were deleted")
         if local is not None and self.created:
             if self.plan.keep_identities:
                 notes.append(f"kept the run's {len(self.created)} own certificate(s) (operator, probe, attackers) "

@@ -18,6 +18,7 @@ A scenario is a TOML document (``tomllib``)::
     name = "sensors"
     weight = 1                    # share of --devices (or: count = 10)
     policy = "iotgate-device"     # attached when the simulator provisions the group's devices
+    auth = "certificate"          # or "token" (custom authorizer JWT) / "sigv4" (WebSocket): the token listener
     expect = "allowed"            # "refused": every device of the group must be refused
     subscribe = ["cmd/{thing}/#"]
     [groups.publish]
@@ -92,6 +93,7 @@ ATTACKER_KINDS: dict[str, str] = {
     "wrong-secret-signature": "SigV4 signature made with a secret that is not the key's",
 }
 CHAOS_KINDS = ("disconnect", "abort", "upstream-kill")
+AUTH_KINDS = ("certificate", "token", "sigv4")
 EXPECTATIONS = ("allowed", "refused")
 
 
@@ -137,6 +139,7 @@ class Group:
     publish: PublishSpec | None = None
     commands: CommandSpec | None = None
     session: SessionSettings = SessionSettings()
+    auth: str = "certificate"          # certificate | token | sigv4
 
     @property
     def thing_prefix(self) -> str:
@@ -352,7 +355,11 @@ def _group(table: Any, path: str, session: SessionSettings) -> Group:
         publish=_publish(r.get("publish", dict), r.key("publish")) if "publish" in r.table else None,
         commands=_commands(r.get("commands", dict), r.key("commands")) if "commands" in r.table else None,
         session=_session(r.get("session", dict), r.key("session"), session) if "session" in r.table else session,
+        auth=r.choice("auth", AUTH_KINDS, "certificate"),
     )
+    if group.auth != "certificate" and group.policy is not None:
+        raise _err(r.key("policy"), f"a {group.auth} group's rights come from the run's {group.auth} policy "
+                                    "(its own dt/ and cmd/ topics); policy is for certificate groups")
     r.used.update({"publish", "commands", "session"})
     r.done()
     return group

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import socket
 import ssl
 import urllib.parse
 from datetime import datetime
@@ -200,3 +201,66 @@ async def try_connect(host: str, port: int, ca_file: Path, *, client_id: str, us
         return ConnectResult("closed", None, str(exc) or type(exc).__name__)
     finally:
         link.close()
+
+
+def try_connect_blocking(host: str, port: int, ca_file: Path, *, client_id: str, username: str | None = None,
+                         password: bytes | None = None, websocket_target: str | None = None,
+                         headers: tuple[tuple[str, str], ...] = (), protocol_level: int = 5,
+                         timeout: float = 5.0, server_name: str = "localhost") -> ConnectResult:
+    """:func:`try_connect` with blocking sockets (cooperative where gevent patched them: the load tests)."""
+    ctx = client_context(ca_file, alpn="http/1.1" if websocket_target is not None else "mqtt")
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError:
+        return ConnectResult("timeout", None, f"no answer within {timeout:g} s")
+    except OSError as exc:
+        return ConnectResult("tcp", None, f"{type(exc).__name__}: {exc}")
+    sock = None
+    try:
+        try:
+            sock = ctx.wrap_socket(raw, server_hostname=server_name)  # takes over raw's file descriptor
+        except ssl.SSLError as exc:
+            return ConnectResult("tls", None, str(exc))
+        ws = None
+        if websocket_target is not None:
+            ws = WSConnection(ConnectionType.CLIENT)
+            sock.sendall(ws.send(Request(host=server_name, target=websocket_target, subprotocols=["mqtt"],
+                                         extra_headers=list(headers))))
+            status, body, accepted = None, b"", False
+            while not accepted:
+                data = sock.recv(65536)
+                if not data:
+                    return ConnectResult("closed", None, "closed during the WebSocket upgrade")
+                ws.receive_data(data)
+                for event in ws.events():
+                    if isinstance(event, AcceptConnection):
+                        accepted = True
+                    elif isinstance(event, RejectConnection):
+                        status = event.status_code
+                        if not event.has_body:
+                            return ConnectResult("http", status, "")
+                    elif isinstance(event, RejectData):
+                        body += event.data
+                        if event.body_finished:
+                            return ConnectResult("http", status or 0, body.decode("utf-8", "replace"))
+        connect = encode(Connect(client_id, protocol_level=protocol_level, username=username, password=password,
+                                 keep_alive=60))
+        sock.sendall(ws.send(BytesMessage(data=connect)) if ws is not None else connect)
+        framer = Framer(1 << 20, protocol_level=protocol_level)
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return ConnectResult("closed", None, "closed without a CONNACK")
+            if ws is not None:
+                ws.receive_data(data)
+                data = b"".join(e.data for e in ws.events() if isinstance(e, BytesMessage))
+            for frame in framer.feed(data):
+                return ConnectResult("mqtt", int(decode(frame, protocol_level).reason_code), "CONNACK")
+    except TimeoutError:
+        return ConnectResult("timeout", None, f"no answer within {timeout:g} s")
+    except ssl.SSLError as exc:
+        return ConnectResult("tls", None, str(exc))
+    except (OSError, h11.RemoteProtocolError) as exc:
+        return ConnectResult("closed", None, str(exc) or type(exc).__name__)
+    finally:
+        (sock or raw).close()

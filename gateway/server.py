@@ -63,7 +63,7 @@ from gateway.registry import Registry
 from gateway.registry.changes import ChangeSet
 from gateway.services.base import Caller
 from gateway.services.runtime import ServiceHub
-from gateway.session import Close, Peer, RateLimiter, Session, State
+from gateway.session import Close, Peer, RateLimiter, ServiceRequest, Session, State
 from gateway.upstream.link import UpstreamConnector, parse_upstream_url
 from gateway.watch import RegistryWatcher
 from gateway.websocket import UpgradeError, WebSocketServer, WebSocketTransport
@@ -1027,13 +1027,13 @@ class Gateway:
         passphrase = os.environ.get(PASSPHRASE_ENV)
         return PKIStore(self.config.home).load_issuer(passphrase.encode() if passphrase else None)
 
-    def service_effects(self, conn: Connection, items: list[tuple]) -> None:
+    def service_effects(self, conn: Connection, items: list) -> None:
         """A session's `$aws/...` requests and subscription changes, handed to the services."""
         for item in items:
-            if item[0] == "request":
-                self.services.request(self.service_caller(conn), item[1], item[2])
+            if isinstance(item, ServiceRequest):
+                self.services.request(id(conn), self.service_caller(conn), item.topic, item.payload)
             else:
-                self.services.subscribed(id(conn), item[0], item[1])
+                self.services.subscribed(id(conn), item.event, item.filters)
 
     def session_ended(self, session: Session | None) -> None:
         if session is not None:
@@ -1049,6 +1049,10 @@ class Gateway:
                 delivered += conn.session.delivered
         self.metrics.messages["device_to_upstream"] = published
         self.metrics.messages["upstream_to_device"] = delivered
+        if self.services is not None:
+            m, hub = self.metrics.messages, self.services
+            m["service_requests"], m["service_requests_throttled"] = hub.requests, hub.throttled
+            m["service_published"], m["service_dropped"] = hub.link.published, hub.link.dropped
         return self.metrics.stats()
 
     async def _housekeeping(self) -> None:

@@ -9,8 +9,8 @@ upstream broker, the time when it matters, and registry changes; the session ans
     out.events      access-log events (dicts without time; the shell stamps and writes them)
     out.claim       a client id this session now owns (the shell closes the older holder: takeover)
     out.close       a Close: the session is over; the shell flushes, then closes both sides
-    out.service     for the gateway's `$aws/...` services (gateway.services): ("request", topic, payload) of an
-                    allowed request, ("subscribed" | "unsubscribed", filters) for lifecycle events
+    out.service     for the gateway's `$aws/...` services (gateway.services): a ServiceRequest (an allowed request)
+                    or a SubscriptionChange (granted or removed filters, for lifecycle events)
 
 Packets are forwarded as their original bytes; only what a decision needs is decoded (topic, QoS, retain,
 packet id). Packet ids are mirrored 1:1 because each device has its own upstream connection. A refusal is a
@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Callable
+from typing import NamedTuple
 
 from gateway.auth import AuthRefusal, Principal
 from gateway.config import Limits
@@ -89,6 +90,16 @@ class Close:
     graceful_upstream: bool = False
 
 
+class ServiceRequest(NamedTuple):
+    topic: str
+    payload: bytes
+
+
+class SubscriptionChange(NamedTuple):
+    event: str  # "subscribed" or "unsubscribed"
+    filters: list[str]
+
+
 class Output:
     __slots__ = ("device", "upstream", "events", "open_upstream", "claim", "close", "service")
 
@@ -99,7 +110,7 @@ class Output:
         self.open_upstream = False
         self.claim: str | None = None
         self.close: Close | None = None
-        self.service: list[tuple] = []
+        self.service: list[ServiceRequest | SubscriptionChange] = []
 
 
 # --------------------------------------------------------------------------------------------- rate limits
@@ -565,12 +576,16 @@ class Session:
 
     def _service_request(self, frame: Frame, header, resource: str) -> None:
         """A request to the gateway's services: decided by iot:Publish, acknowledged here, answered by them."""
+        if header.retain:  # AWS IoT: "You can't publish to a reserved topic with the RETAIN flag set."
+            self._refuse_publish(header.packet_id, header.qos, R.NOT_AUTHORIZED, "reserved_topic",
+                                 "retained publish to a reserved topic", resource, None)
+            return
         decision = self._decide("iot:Publish", resource)
         if not decision.allowed:
             self._refuse_publish(header.packet_id, header.qos, R.NOT_AUTHORIZED, "publish_denied",
                                  decision_reason(decision), resource, decision)
             return
-        self.out.service.append(("request", resource[6:], bytes(frame.data[header.payload_offset:])))
+        self.out.service.append(ServiceRequest(resource[6:], bytes(frame.data[header.payload_offset:])))
         if header.qos:
             self.out.device.append(encode(PubAck(header.packet_id), self.level))
 
@@ -688,7 +703,8 @@ class Session:
             self._subs.pop(flt, None)
         self._subs_changed()
         self.out.upstream.append(frame.data)
-        self.out.service.append(("unsubscribed", list(packet.topic_filters)))
+        if self._serves is not None:
+            self.out.service.append(SubscriptionChange("unsubscribed", list(packet.topic_filters)))
 
     def _on_pingreq(self, frame: Frame, now: float) -> None:
         if frame.remaining_length:
@@ -821,8 +837,8 @@ class Session:
                     subscribed.append(flt)
                 codes[i] = up
         self._subs_changed()
-        if subscribed:
-            self.out.service.append(("subscribed", subscribed))
+        if subscribed and self._serves is not None:
+            self.out.service.append(SubscriptionChange("subscribed", subscribed))
         self.out.device.append(encode(SubAck(packet.packet_id, tuple(codes)), self.level))
 
     def _up_forward(self, frame: Frame) -> None:

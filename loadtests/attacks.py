@@ -18,13 +18,17 @@ import dataclasses
 import enum
 import ssl
 
+import datetime as dt
+
 from devices.client import ClientOptions, ConnectOutcome, PublishResult, Reason, SubscribeResult
+from devices.report import Outcome
+from devices.token_attacks import TokenWorld, token_attack_blocking
 from devices.transport import DeviceTLS, Endpoint
 
 from .device import GeventDevice
 from .events import ack_codes
 from .identities import AttackSlot
-from .plan import POLICY_ATTACKS
+from .plan import POLICY_ATTACKS, TOKEN_ATTACKS
 
 __all__ = ["Verdict", "VerdictKind", "classify_connect", "classify_step", "run_attack"]
 
@@ -112,9 +116,25 @@ def _request(kind: str, device: GeventDevice, victim: str, timeout: float):
     raise ValueError(f"{kind} is not a policy attack")
 
 
+def verdict_of(outcome: Outcome, detail: str) -> Verdict:
+    """The fleet simulator's evidence (:mod:`devices.evidence`) as a load-test verdict."""
+    if outcome is Outcome.ALLOWED:
+        return Verdict(VerdictKind.ACCEPTED, detail)
+    if outcome.refused:
+        return Verdict(VerdictKind.REFUSED, detail)
+    return Verdict(VerdictKind.INCONCLUSIVE, detail)
+
+
 def run_attack(kind: str, slot: AttackSlot, endpoint: Endpoint, options: ClientOptions, *,
-               local_addr: str | None = None, timeout: float = 10.0) -> Verdict:
+               local_addr: str | None = None, timeout: float = 10.0, world: TokenWorld | None = None,
+               token_port: int | None = None) -> Verdict:
     """One attempt of ``kind`` with the slot's identities; always closes what it opened."""
+    if kind in TOKEN_ATTACKS:
+        if world is None or token_port is None:
+            return Verdict(VerdictKind.INCONCLUSIVE, "no token listener or credentials for the token attackers")
+        return verdict_of(*token_attack_blocking(kind, slot.client_id(kind), world, host=endpoint.host,
+                                                 port=token_port, ca_file=slot.ca_file, timeout=timeout,
+                                                 now=dt.datetime.now(dt.UTC)))
     identity = slot.identities[kind]
     tls = None
     if identity is None:  # no-certificate: any identity's CA file for the server, no client certificate

@@ -33,13 +33,14 @@ from certs.authority import build_root_ca
 from certs.keys import generate_private_key
 from devices.identity import DeviceFiles, DeviceIdentity, IdentityError, make_key_and_csr, write_device_dir
 
-from .plan import POLICY_ATTACKS, PlanError
+from .plan import POLICY_ATTACKS, TOKEN_ATTACKS, PlanError
 
 __all__ = [
     "OBSERVER_POLICY",
     "OBSERVER_POLICY_NAME",
     "VICTIM",
     "AttackSlot",
+    "attacker_client_id",
     "LoadtestDirs",
     "PrepareReport",
     "Registrar",
@@ -97,6 +98,11 @@ class LoadtestDirs:
     def attackers(self) -> Path:
         return self.root / "attackers"
 
+    @property
+    def tokens(self) -> Path:
+        """The token attackers' identity provider, signing key and SigV4 keys (0600; see devices.token_attacks)."""
+        return self.root / "tokens"
+
 
 def observer_name(index: int) -> str:
     return f"iotgate-loadtest-observer-{index:02d}"
@@ -106,9 +112,14 @@ def _attacker_thing(role: str, slot: int) -> str:
     return f"iotgate-loadtest-{role}-{slot:02d}"
 
 
+def attacker_client_id(kind: str, slot: int) -> str:
+    """The client id of an attacker without a certificate (no-certificate, the token kinds) in ``slot``."""
+    return _attacker_thing(kind, slot)
+
+
 def _role(kind: str) -> str | None:
     """Which certificate an attack kind uses: its own (the kind), the attacker thing's, or none."""
-    if kind == "no-certificate":
+    if kind == "no-certificate" or kind in TOKEN_ATTACKS:   # no certificate (tokens: loadtest/tokens/)
         return None
     return "attacker" if kind in POLICY_ATTACKS else kind
 

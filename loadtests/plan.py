@@ -45,6 +45,9 @@ TLS_ATTACKS = ("no-certificate", "foreign-ca", "expired")
 REGISTRY_ATTACKS = ("unregistered", "revoked", "inactive")
 POLICY_ATTACKS = ("client-id-spoof", "publish-outside-policy", "subscribe-outside-policy", "wildcard-subscribe")
 ATTACK_KINDS = TLS_ATTACKS + REGISTRY_ATTACKS + POLICY_ATTACKS
+# no certificate: custom-authorizer tokens and SigV4 signatures on the gateway's token listener (--token-port)
+TOKEN_ATTACKS = ("expired-token", "foreign-audience-token", "replayed-signature", "wrong-secret-signature")
+SIGV4_ATTACKS = ("replayed-signature", "wrong-secret-signature")
 
 
 class PlanError(IotgateError):
@@ -127,15 +130,26 @@ def probe_topic_filter(token: str) -> str:
     return f"dt/+/telemetry/{token}"
 
 
-def attack_kinds_for(target: str) -> tuple[tuple[str, ...], dict[str, str]]:
+def attack_kinds_for(target: str, token_port: int | None = None) -> tuple[tuple[str, ...], dict[str, str]]:
     """(kinds that run, {kind: why it is skipped}) on a target. Against AWS IoT Core the identities for registry
     and policy attacks would have to be registered there, and an expired certificate of the home's CA proves
-    nothing about expiry (AWS does not know that CA): only the kinds that need no registration run."""
+    nothing about expiry (AWS does not know that CA): only the kinds that need no registration run. The token
+    kinds run only against the gateway's token listener."""
+    if target == "gateway" and token_port is not None:
+        tokens: dict[str, str] = {}
+    elif target == "gateway":
+        tokens = {k: "needs the gateway's token listener: pass --token-port" for k in TOKEN_ATTACKS}
+    elif target == "mosquitto":
+        tokens = {k: "a plain broker has no custom authorizers and no SigV4 keys" for k in TOKEN_ATTACKS}
+    else:
+        tokens = {k: "the load test does not create custom authorizers or IAM keys in an AWS account"
+                  for k in TOKEN_ATTACKS}
+    runs = ATTACK_KINDS + tuple(k for k in TOKEN_ATTACKS if k not in tokens)
     if target == "aws":
         runs = ("no-certificate", "foreign-ca")
         why = "needs identities registered on the target (a local registry: gateway or mosquitto targets)"
-        return runs, {k: why for k in ATTACK_KINDS if k not in runs}
-    return ATTACK_KINDS, {}
+        return runs, {**{k: why for k in ATTACK_KINDS if k not in runs}, **tokens}
+    return runs, tokens
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -161,6 +175,7 @@ class Settings:
     ack_timeout: float = 10.0           # PUBACK / SUBACK, and e2e delivery
     keep_contexts: bool = False
     attack_interval: float = 1.0        # seconds between two attacks of one attacker user
+    token_port: int | None = None       # the gateway's token listener, for the token and SigV4 attackers
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:

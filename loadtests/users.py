@@ -36,6 +36,7 @@ from devices.backoff import Backoff
 from devices.client import ClientOptions, DisconnectNotice
 from devices.identity import DeviceIdentity
 from devices.limits import raise_open_file_limit, source_addresses
+from devices.token_attacks import TokenWorld, TokenWorldError
 from devices.transport import Endpoint
 from gateway.mqtt import Publish
 
@@ -44,7 +45,7 @@ from .device import GeventDevice
 from .events import AttackAccepted, AttackInconclusive, ConnectionLost, IdentityProblem, NotDelivered, Row, ack_row, \
     connect_rows
 from .identities import LoadtestDirs, load_attack_slot, load_observer, pool_names
-from .plan import PlanError, Settings, attack_kinds_for, identities_needed, names_digest, probe_topic_filter, \
+from .plan import TOKEN_ATTACKS, PlanError, Settings, attack_kinds_for, identities_needed, names_digest, probe_topic_filter, \
     worker_slice
 from .preflight import check_pool, check_reachable
 from .shapes import SHAPES, STORM_MESSAGE, ShapeParams, ShapeSpec, shape_spec, shape_tick
@@ -75,6 +76,8 @@ def _add_arguments(parser) -> None:
                        help="Where the devices connect")
     group.add_argument("--iotgate-server-name", default="", help="Name the server certificate must carry")
     group.add_argument("--iotgate-ca-file", default="", help="CA for the server instead of each root-ca.pem")
+    group.add_argument("--iotgate-token-port", type=int, default=0,
+                       help="the gateway's token listener, for the token and SigV4 attackers (0: none)")
     group.add_argument("--iotgate-prefix", default="device-", help="Thing-name prefix of the identity pool")
     group.add_argument("--iotgate-pool-size", type=int, default=0, help="Identities the master counted")
     group.add_argument("--iotgate-pool-digest", default="", help="Digest of their names")
@@ -110,7 +113,8 @@ def settings_from_options(options, workers: int) -> Settings:
                     workers=max(1, workers), protocol_level=5 if options.iotgate_mqtt == "5" else 4,
                     keep_alive=options.iotgate_keepalive, telemetry_interval=interval,
                     payload_bytes=options.iotgate_payload_bytes, e2e=e2e, run_id=options.iotgate_run_id or "run",
-                    keep_contexts=options.iotgate_keep_contexts)
+                    keep_contexts=options.iotgate_keep_contexts,
+                    token_port=getattr(options, "iotgate_token_port", 0) or None)
 
 
 def _home() -> Path:
@@ -185,7 +189,8 @@ class WorkerRun:
         self.identities: list[DeviceIdentity] = []
         self.sources: list[str | None] = []
         self._free: list[int] = []
-        self.attack_kinds, self.skipped_attacks = attack_kinds_for(settings.target)
+        self.attack_kinds, self.skipped_attacks = attack_kinds_for(settings.target, settings.token_port)
+        self._token_world: TokenWorld | None = None
         self._free_slots: list[int] = []
         try:
             self._load_slice(home, attackers)
@@ -209,6 +214,15 @@ class WorkerRun:
         # attacker slots are sliced like identities: `iotgate loadtest` prepares identities_needed(attackers, K)
         self._free_slots = list(worker_slice(identities_needed(attackers, s.workers), s.workers, self.index))[::-1]
         raise_open_file_limit(len(self.identities) + 1024)
+
+    def token_world(self) -> TokenWorld:
+        """The token attackers' credentials, from ``loadtest/tokens/`` (made by `iotgate loadtest`)."""
+        if self._token_world is None:
+            try:
+                self._token_world = TokenWorld.load(self.dirs.tokens)
+            except TokenWorldError as exc:
+                raise PlanError(str(exc)) from None
+        return self._token_world
 
     # identities
     def take(self) -> int:
@@ -524,6 +538,7 @@ class AttackerUser(User):
             self.slot_index = run.take_slot()
             ca = run.settings.ca_file or str(run.dirs.home / "root-ca.pem")
             self.slot = load_attack_slot(run.dirs, self.slot_index, run.attack_kinds, ca)
+            self.world = run.token_world() if any(k in TOKEN_ATTACKS for k in run.attack_kinds) else None
         except PlanError as exc:
             _fire(self.environment, Row("DEVICE", "identity", 0.0, IdentityProblem(str(exc))))
             raise StopUser() from None
@@ -539,7 +554,8 @@ class AttackerUser(User):
         kind = next(self.kinds)
         started = time.perf_counter()
         verdict = run_attack(kind, self.slot, self.run.endpoint, self.run.options,
-                             timeout=self.run.settings.ack_timeout)
+                             timeout=self.run.settings.ack_timeout, world=self.world,
+                             token_port=self.run.settings.token_port)
         ms = (time.perf_counter() - started) * 1e3
         exception = None
         if verdict.kind is VerdictKind.ACCEPTED:

@@ -51,6 +51,9 @@ class Service(Protocol):
 
     def handle(self, request: Request) -> list[Message]: ...
 
+    # Optional: ``throttled(request) -> list[Message]``, the answer (on the loop, without I/O) to a request
+    # refused because its connection has too many unanswered (AWS: 429 for the Device Shadow service).
+
 
 class Dispatcher:
     """Which service answers a topic. Pure: ``serves`` is what a session asks before it checks the policy."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import math
+import shutil
 import os
 import signal
 import subprocess
@@ -30,8 +31,9 @@ from certs.authority import certificate_id
 from gateway.registry import NotFound
 from iotgate.context import AppContext, console, err_console, pass_app
 from devices.provisioning import DEFAULT_POLICY_NAME, ensure_policy, register_certificate, rewrite_crl
-from loadtests.identities import LoadtestDirs, prepare
-from loadtests.plan import E2E_MODES, TARGETS, PlanError, Settings, attack_kinds_for, identities_needed, \
+from devices.token_attacks import TokenWorld
+from loadtests.identities import LoadtestDirs, attacker_client_id, prepare
+from loadtests.plan import SIGV4_ATTACKS, TOKEN_ATTACKS, E2E_MODES, TARGETS, PlanError, Settings, attack_kinds_for, identities_needed, \
     is_loopback, parse_duration, parse_endpoint
 from loadtests.preflight import check_pool, check_reachable
 from loadtests.shapes import SHAPES, shape_spec
@@ -39,6 +41,8 @@ from loadtests.shapes import SHAPES, shape_spec
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtests" / "locustfile.py"
 DEFAULT_MASTER_PORT = 5557
 MAX_USERS = 100_000
+LOADTEST_AUTHORIZER = "iotgate-loadtest-jwt"      # the token attackers' authorizer and SigV4 keys' identity
+LOADTEST_KEY_IDENTITY = "iotgate-loadtest"
 ROWS = ("tcp_connect", "tls_handshake", "connack", "suback", "puback", "e2e")
 
 
@@ -194,6 +198,8 @@ def _print_summary(rows: list[dict], failures_csv: Path) -> None:
 @click.option("--prefix", default="device-", show_default=True, help="Thing-name prefix of the identity pool.")
 @click.option("--attackers", type=click.IntRange(0, 100), default=None,
               help="Attacker users of the attack-mix shape.  [default: 1]")
+@click.option("--token-port", type=click.IntRange(1, 65535), default=None,
+              help="The gateway's token listener (gateway run --token-port): adds the token and SigV4 attackers.")
 @click.option("--telemetry-interval", type=click.FloatRange(min=0), default=None,
               help="Seconds between QoS 1 publishes of a device; 0: none.  [default: the shape's]")
 @click.option("--payload-bytes", type=click.IntRange(16, 128 * 1024), default=64, show_default=True)
@@ -222,7 +228,8 @@ def _print_summary(rows: list[dict], failures_csv: Path) -> None:
 @pass_app
 def loadtest(app: AppContext, users: int, spawn_rate: float, run_time: str, workers: int, remote_workers: int,
              shape: str, headless: bool, target: str, endpoint: str, server_name: str | None, ca_file: Path | None,
-             prefix: str, attackers: int | None, telemetry_interval: float | None, payload_bytes: int, mqtt: str,
+             prefix: str, attackers: int | None, token_port: int | None, telemetry_interval: float | None,
+             payload_bytes: int, mqtt: str,
              e2e: str, storm_at: float | None, keep_contexts: bool, report_dir: Path | None, exit_code_on_error: int,
              web_host: str, web_port: int, master_bind_host: str, master_port: int | None, join: str | None,
              allow_remote: bool) -> None:
@@ -261,10 +268,10 @@ def loadtest(app: AppContext, users: int, spawn_rate: float, run_time: str, work
 
     pool = check_pool(home, prefix, users, total_workers)
     check_reachable(host, port, target)
-    kinds, skipped = attack_kinds_for(target)
-    _prepare(app, target, observers=total_workers if e2e_mode == "observer" else 0,
-             attack_slots=identities_needed(attackers, total_workers) if attackers else 0,
-             kinds=kinds if attackers else ())
+    kinds, skipped = attack_kinds_for(target, token_port)
+    world = _prepare(app, target, observers=total_workers if e2e_mode == "observer" else 0,
+                     attack_slots=identities_needed(attackers, total_workers) if attackers else 0,
+                     kinds=kinds if attackers else ())
     report_dir = (report_dir or home / "loadtest" / "reports" / run_id).resolve()
     report_dir.mkdir(parents=True, exist_ok=True)
     csv_prefix = report_dir / "locust"
@@ -284,6 +291,8 @@ def loadtest(app: AppContext, users: int, spawn_rate: float, run_time: str, work
         iotgate_args += ["--iotgate-storm-at", f"{storm_at:g}"]
     if keep_contexts:
         iotgate_args.append("--iotgate-keep-contexts")
+    if token_port is not None:
+        iotgate_args += ["--iotgate-token-port", str(token_port)]
     master = _locust("--master", "--master-bind-host", master_bind_host, "--master-bind-port", str(port_master),
                      "--expect-workers", str(total_workers), "--users", str(users),
                      "--spawn-rate", f"{spawn_rate:g}", "--run-time", f"{math.ceil(seconds)}s",
@@ -312,8 +321,13 @@ def loadtest(app: AppContext, users: int, spawn_rate: float, run_time: str, work
         children.start(f"worker {index}", _worker_cmd("127.0.0.1" if master_bind_host in ("0.0.0.0", "::")
                                                        else master_bind_host, port_master), env,
                        log=report_dir / f"worker-{index}.log")
-    code = children.wait(master_proc)
-    codes = children.finish()
+    try:
+        code = children.wait(master_proc)
+        codes = children.finish()
+    finally:
+        if world is not None:   # the attackers' authorizer and keys never outlive the run
+            world.retire(app.registry())
+            shutil.rmtree(LoadtestDirs(home).tokens, ignore_errors=True)
     rows = _summary(csv_prefix)
     _print_summary(rows, Path(f"{csv_prefix}_failures.csv"))
     crashed = [name for name, c in codes.items() if name != "master" and c not in (0, code)]
@@ -328,9 +342,11 @@ def loadtest(app: AppContext, users: int, spawn_rate: float, run_time: str, work
         raise SystemExit(code)
 
 
-def _prepare(app: AppContext, target: str, *, observers: int, attack_slots: int, kinds: Sequence[str]) -> None:
+def _prepare(app: AppContext, target: str, *, observers: int, attack_slots: int,
+             kinds: Sequence[str]) -> TokenWorld | None:
+    """Make the run's identities; the token attackers' credentials too (returned: retired after the run)."""
     if not observers and not attack_slots:
-        return
+        return None
     registrar = None
     issuer = app.issuer()
     registry = None
@@ -344,6 +360,17 @@ def _prepare(app: AppContext, target: str, *, observers: int, attack_slots: int,
         rewrite_crl(app.store, registry, issuer, app.clock())
     if report.made:
         console.print(f"load-test identities made: {', '.join(report.made)}", soft_wrap=True)
+    if registry is None or not attack_slots or not any(k in TOKEN_ATTACKS for k in kinds):
+        return None
+    dirs = LoadtestDirs(app.home.resolve())
+    world = TokenWorld.create(registry, dirs.home, dirs.tokens, authorizer=LOADTEST_AUTHORIZER,
+                              identity=LOADTEST_KEY_IDENTITY)
+    for slot in range(attack_slots):
+        for kind in SIGV4_ATTACKS:
+            if kind in kinds:
+                world.add_key(attacker_client_id(kind, slot))
+    world.save(dirs.tokens)
+    return world
 
 
 def _join(home: Path, host: str, port: int, workers: int, env: dict) -> None:

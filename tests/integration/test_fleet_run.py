@@ -71,7 +71,8 @@ fraction = 0.4
 def stack(fleet, tmp_path_factory):
     """A broker this module may kill, and a gateway with AWS IoT's connect rate per client id (1/s, burst 1)."""
     broker = start_broker(fleet, tmp_path_factory.mktemp("fleet-broker"))
-    running = start_gateway(fleet, broker.config.url, connect_burst_per_client_id=1, connect_rate_per_client_id=1.0)
+    running = start_gateway(fleet, broker.config.url, connect_burst_per_client_id=1, connect_rate_per_client_id=1.0,
+                            token_port=0)
     yield broker, running
     running.thread.stop()
     broker.stop()
@@ -85,7 +86,7 @@ def plan(fleet, port: int, text: str, devices: int, **kwargs) -> FleetPlan:
 
 def test_every_attacker_is_refused_and_the_fleet_survives_chaos(fleet, stack):
     broker, running = stack
-    result = run_fleet(plan(fleet, running.port, EVERYTHING, 5, upstream=broker))
+    result = run_fleet(plan(fleet, running.port, EVERYTHING, 5, upstream=broker, token_port=running.gateway.token_port))
     assert result.mismatches == [], result.report["mismatches"]
     assert result.passed
     groups = {g["group"]: g for g in result.report["groups"]}

@@ -132,3 +132,74 @@ def test_a_listener_refusing_every_token_makes_the_attack_inconclusive_not_passe
     assert not result.passed and result.mismatches == []
     [failure] = result.failures
     assert "inconclusive" in failure and "the refusal would prove nothing" in failure
+
+
+# --------------------------------------------------------------------------------------------- devices
+
+DEVICES = """
+name = "token-devices"
+duration = 2
+registry_propagation = 0.2
+drain = 1
+[[groups]]
+name = "apps"
+count = 2
+auth = "token"
+subscribe = ["cmd/{thing}/#"]
+[groups.publish]
+topic = "dt/{thing}/telemetry"
+interval = 0.3
+qos = 1
+[[groups]]
+name = "phones"
+count = 2
+auth = "sigv4"
+subscribe = ["cmd/{thing}/#"]
+[groups.publish]
+topic = "dt/{thing}/telemetry"
+interval = 0.3
+qos = 1
+"""
+
+
+def run_devices(fleet, tgw, text: str = DEVICES):
+    return run_fleet(FleetPlan(target="gateway", endpoint=Endpoint("127.0.0.1", tgw.port, "localhost"), devices=4,
+                               scenario=loads_scenario(text), token_port=tgw.gateway.token_port,
+                               local=LocalPKI(fleet.store, fleet.registry, fleet.store.load_issuer(), fleet.now)))
+
+
+def test_token_and_sigv4_devices_connect_publish_and_are_delivered(fleet, tgw):
+    result = run_devices(fleet, tgw)
+    assert result.passed, (result.verdict, result.mismatches, result.failures)
+    groups = {g["group"]: g for g in result.report["groups"]}
+    assert groups["apps"]["allowed"] == 2 and groups["phones"]["allowed"] == 2
+    checks = {c["check"]: c["status"] for c in result.report["checks"]}
+    assert checks["delivery of acknowledged QoS 1 messages"] == "passed"
+    allowed = tgw.events.find(event="connect", decision="allowed")
+    assert {r["client_id"] for r in allowed if r.get("authorizer") == token_attacks.DEVICE_AUTHORIZER} == \
+        {"sim-apps-00001", "sim-apps-00002"}
+    assert {r["client_id"] for r in allowed if r.get("access_key")} >= {"sim-phones-00001", "sim-phones-00002"}
+    assert token_attacks.DEVICE_AUTHORIZER not in {a.name for a in fleet.registry.list_authorizers()}
+    assert fleet.registry.list_access_keys(token_attacks.DEVICE_KEY_IDENTITY) == []
+
+
+def test_a_listener_refusing_good_signatures_fails_the_run_naming_the_devices(fleet, tgw, monkeypatch):
+    def refuse(req, secret):
+        raise sigv4.SigV4Error("signature_mismatch", "refused for the test")
+
+    monkeypatch.setattr(sigv4, "verify", refuse)
+    result = run_devices(fleet, tgw)
+    assert not result.passed
+    refused = [m for m in result.mismatches if m.startswith("phones: ")]
+    assert len(refused) == 2 and all("was refused, expected allowed" in m and "HTTP 403" in m for m in refused), \
+        result.mismatches
+    assert not [m for m in result.mismatches if m.startswith("apps: ")]
+
+
+def test_token_groups_need_the_token_listener(fleet, tgw):
+    from devices.plan import FleetError
+
+    with pytest.raises(FleetError, match="group apps: auth = 'token' needs the gateway's token listener"):
+        run_fleet(FleetPlan(target="gateway", endpoint=Endpoint("127.0.0.1", tgw.port, "localhost"), devices=2,
+                            scenario=loads_scenario(DEVICES),
+                            local=LocalPKI(fleet.store, fleet.registry, fleet.store.load_issuer(), fleet.now)))

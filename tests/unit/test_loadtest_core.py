@@ -83,11 +83,19 @@ def test_settings_refuse_bad_values():
 
 
 def test_attack_kinds_per_target():
-    assert attack_kinds_for("gateway") == (ATTACK_KINDS, {})
-    assert attack_kinds_for("mosquitto")[0] == ATTACK_KINDS   # a bare broker must be caught letting them in
+    from loadtests.plan import TOKEN_ATTACKS
+
+    runs, skipped = attack_kinds_for("gateway")
+    assert runs == ATTACK_KINDS and set(skipped) == set(TOKEN_ATTACKS)
+    assert all("--token-port" in why for why in skipped.values())
+    assert attack_kinds_for("gateway", 8443) == (ATTACK_KINDS + TOKEN_ATTACKS, {})
+    runs, skipped = attack_kinds_for("mosquitto", 8443)
+    assert runs == ATTACK_KINDS   # a bare broker must be caught letting them in
+    assert all("plain broker" in why for why in skipped.values())
     runs, skipped = attack_kinds_for("aws")
-    assert runs == ("no-certificate", "foreign-ca") and set(skipped) == set(ATTACK_KINDS) - set(runs)
-    assert all("registered" in why for why in skipped.values())
+    assert runs == ("no-certificate", "foreign-ca")
+    assert set(skipped) == (set(ATTACK_KINDS) | set(TOKEN_ATTACKS)) - set(runs)
+    assert all("registered" in why for k, why in skipped.items() if k not in TOKEN_ATTACKS)
 
 
 # --------------------------------------------------------------------------------------------- shapes
