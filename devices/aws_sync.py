@@ -408,7 +408,7 @@ def _paginate(client, operation: str, key: str, **kwargs) -> list:
         for page in client.get_paginator(operation).paginate(**kwargs):
             out.extend(page.get(key, []))
         return out
-    return client.__getattribute__(operation)(**kwargs).get(key, [])
+    return getattr(client, operation)(**kwargs).get(key, [])
 
 
 class AwsIot:

@@ -28,6 +28,7 @@ import dataclasses
 import datetime as dt
 import errno
 import hashlib
+import itertools
 import os
 import secrets
 import socket
@@ -73,6 +74,8 @@ from gateway.websocket import UpgradeError, WebSocketServer, WebSocketTransport
 
 CLOSE_GRACE = 2.0  # seconds a closing device may take to read its last packets before it is aborted
 # Refusals of a certificate that an auto-registration CA may register or provision just in time
+_CONNECTION_SERIALS = itertools.count(1)
+
 JIT_KEYS = frozenset({"certificate_not_registered", "certificate_pending_activation"})
 
 # The device transport pauses the gateway's reading of that device above this many buffered bytes (uvloop's TLS
@@ -186,9 +189,10 @@ class Connection:
     __slots__ = ("gw", "loop", "addr", "session", "device", "device_protocol", "upstream", "der", "certificate_id",
                  "client_id", "done", "want_upstream", "last_up_tx", "_timer", "_abort_timer", "_active",
                  "_device_full", "_upstream_full", "_reading_paused", "principal_key", "creds", "_auth_timers",
-                 "_disconnect_at")
+                 "_disconnect_at", "serial")
 
     def __init__(self, gateway: Gateway, addr: tuple) -> None:
+        self.serial = next(_CONNECTION_SERIALS)  # never reused (id() is): addresses a service's private answer
         self.gw = gateway
         self.loop = gateway.loop
         self.addr = addr
@@ -1016,12 +1020,12 @@ class Gateway:
     def service_caller(self, conn: Connection) -> Caller:
         session = conn.session
         return Caller(session.client_id or "", session.certificate_id or conn.principal_key, session.thing,
-                      session.peer.ip, id(conn))
+                      session.peer.ip, conn.serial)
 
     def _deliver(self, key: int, topic: str, payload: bytes) -> None:
         """A service's answer to one connection (fleet provisioning: it may carry a private key)."""
         for conn in self.connections:
-            if id(conn) == key:
+            if conn.serial == key:
                 conn.service_reply(topic, payload)
                 return
 

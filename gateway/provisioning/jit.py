@@ -138,9 +138,18 @@ def policy_name_for(document: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def provision(registry: Registry, resolved: Resolved, certificate_id: str) -> str | None:
-    """Apply a resolved template to the registry for the registered certificate `certificate_id`: policies, thing,
-    attachments, then the certificate's status. Returns the thing's name."""
+def provision(registry: Registry, resolved: Resolved, certificate_id: str, groups=None) -> str | None:
+    """Apply a resolved template to the registry for the registered certificate `certificate_id`: policies, thing
+    (and its static thing groups, with `groups`, a gateway.services.groups.ThingGroups; they must exist), attachments,
+    then the certificate's status. Returns the thing's name."""
+    if groups is None:
+        from gateway.services.groups import ThingGroups
+        from gateway.services.store import ServiceStore
+
+        groups = ThingGroups(ServiceStore.of(registry))
+    if resolved.thing is not None:
+        for group in resolved.thing.thing_groups:
+            groups.members(group)  # NotFound before anything is written
     cert = resolved.certificate
     if cert is not None and cert.certificate_id not in (None, certificate_id):
         raise ValueError(f"the template's certificate resource names certificate {cert.certificate_id}, not the "
@@ -162,6 +171,7 @@ def provision(registry: Registry, resolved: Resolved, certificate_id: str) -> st
     if resolved.thing is not None:
         t = resolved.thing
         thing_name = t.thing_name
+        join_groups = True
         try:
             current = registry.get_thing(thing_name)
         except NotFound:
@@ -169,7 +179,8 @@ def provision(registry: Registry, resolved: Resolved, certificate_id: str) -> st
         else:
             attrs = t.overrides.get("AttributePayload", "DO_NOTHING")
             ttype = t.overrides.get("ThingTypeName", "DO_NOTHING")
-            if "FAIL" in (attrs, ttype):
+            tgroups = t.overrides.get("ThingGroups", "DO_NOTHING")
+            if "FAIL" in (attrs, ttype, tgroups):
                 raise ValueError(f"thing {thing_name!r} exists and the template's OverrideSettings say FAIL")
             changes = {}
             if attrs == "MERGE":
@@ -180,6 +191,14 @@ def provision(registry: Registry, resolved: Resolved, certificate_id: str) -> st
                 changes["thing_type"] = t.thing_type
             if changes:
                 registry.update_thing(thing_name, **changes)
+            join_groups = tgroups == "REPLACE"
+            if join_groups:  # leave the groups the template does not name
+                for group in groups.list():
+                    if group["thingGroupName"] not in t.thing_groups:
+                        groups.remove(group["thingGroupName"], [thing_name])
+        if join_groups:
+            for group in t.thing_groups:
+                groups.add(group, [thing_name])
         registry.attach_thing_principal(thing_name, certificate_id)
     for name in policies:
         registry.attach_policy(name, certificate_id)

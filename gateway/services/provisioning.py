@@ -44,6 +44,7 @@ from gateway.provisioning.template import TemplateError, certificate_parameters,
 from gateway.registry import NotFound, RegistryError
 from gateway.registry.schema import UTCDateTime
 from gateway.services.base import Message, Request
+from gateway.services.groups import ThingGroups
 from gateway.services.store import metadata
 
 CREATE = "$aws/certificates/create/json"
@@ -258,7 +259,7 @@ class ProvisioningService:
                     raise Rejected(403, "AccessDenied", "the pre-provisioning hook refused provisioning")
                 values.update(answer.overrides)
             resolved = parse(template.body).resolve(values)
-            thing = provision(self.registry, resolved, cid)
+            thing = provision(self.registry, resolved, cid, ThingGroups(self.store))
         except Rejected:
             self._untake(token)
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import click
 from cryptography import x509
@@ -18,18 +19,16 @@ def aws() -> None:
     """AWS IoT Core: mirror this registry to an account."""
 
 
-def _own_authorities(app: AppContext) -> dict[str, CertificateAuthority]:
-    """The CAs of this home whose private keys are here (root and issuing), by CA id."""
+def _own_cas(app: AppContext) -> dict[str, tuple[x509.Certificate, Path]]:
+    """The CAs of this home whose private keys are here (root and issuing): CA id -> (certificate, key file)."""
     store = app.store
     out = {}
     for cert_path, key_path in ((store.paths.root_cert, store.paths.root_key),
                                 (store.paths.issuing_cert, store.paths.issuing_key)):
-        if not (cert_path.exists() and key_path.exists()):
-            continue
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        out[certificate_id(cert)] = (cert, key_path)
-    return {cid: CertificateAuthority(load_private_key(key_path, app.passphrase()), cert)
-            for cid, (cert, key_path) in out.items()}
+        if cert_path.exists() and key_path.exists():
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            out[certificate_id(cert)] = (cert, key_path)
+    return out
 
 
 def _templates(registry) -> list[aws_sync.LocalTemplate]:
@@ -60,7 +59,7 @@ def sync(app: AppContext, dry_run: bool, region: str | None, profile: str | None
     registry = app.registry()
     snapshot = registry.snapshot()
     iot = aws_sync.AwsIot.connect(region=region, profile=profile)
-    own = {cid: ca for cid, ca in _own_authorities(app).items() if cid in snapshot.cas}
+    own = {cid: ca for cid, ca in _own_cas(app).items() if cid in snapshot.cas}
     desired = aws_sync.desired_from_snapshot(snapshot, _templates(registry), ca_templates=_ca_templates(registry))
     observed = iot.observe(desired)
     # a CA still to register whose key is here gets DEFAULT mode: a verification certificate for the account's
@@ -69,8 +68,10 @@ def sync(app: AppContext, dry_run: bool, region: str | None, profile: str | None
     if to_register:
         registration_code = iot.registration_code()
         cas = dict(desired.cas)
-        for cid in to_register:
-            pem = aws_sync.verification_certificate(own[cid], registration_code, now=app.clock())
+        for cid in to_register:  # the CA key is read only now, for a CA still to register
+            cert, key_path = own[cid]
+            authority = CertificateAuthority(load_private_key(key_path, app.passphrase()), cert)
+            pem = aws_sync.verification_certificate(authority, registration_code, now=app.clock())
             cas[cid] = dataclasses.replace(cas[cid], verification_pem=pem)
         desired = dataclasses.replace(desired, cas=cas)
     the_plan = aws_sync.plan(desired, observed)

@@ -17,6 +17,7 @@ from gateway.mqtt import Connack, Connect, encode
 from gateway.registry.errors import AlreadyExists
 from gateway.services.base import Caller, Request
 from gateway.services.provisioning import ProvisioningService
+from gateway.services.groups import ThingGroups
 from gateway.services.store import ServiceStore
 
 WAIT = 5.0
@@ -41,7 +42,7 @@ TEMPLATE = json.dumps({
     "Resources": {
         "thing": {"Type": "AWS::IoT::Thing", "Properties": {
             "ThingName": {"Fn::Join": ["", ["sensor-", {"Ref": "SerialNumber"}]]},
-            "AttributePayload": {"serial": {"Ref": "SerialNumber"}}}},
+            "AttributePayload": {"serial": {"Ref": "SerialNumber"}}, "ThingGroups": ["sensors"]}},
         "certificate": {"Type": "AWS::IoT::Certificate", "Properties": {
             "CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "ACTIVE"}},
         "policy": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyName": "room"}}},
@@ -50,8 +51,10 @@ TEMPLATE = json.dumps({
 
 @pytest.fixture(scope="module")
 def claim(fleet, gateway):
+    groups = ThingGroups(ServiceStore.of(fleet.registry))
     for make in (lambda: fleet.registry.create_policy("fleet-claim", CLAIM_POLICY),
-                 lambda: fleet.registry.create_provisioning_template("fleet", TEMPLATE)):
+                 lambda: fleet.registry.create_provisioning_template("fleet", TEMPLATE),
+                 lambda: groups.create("sensors")):
         try:
             make()
         except AlreadyExists:
@@ -87,6 +90,7 @@ def test_a_device_onboards_from_the_claim_certificate_and_connects_with_its_own(
     assert cert.status == "ACTIVE"
     assert fleet.registry.get_thing(done.thing).attributes == {"serial": serial}
     assert [p.name for p in fleet.registry.list_attached_policies(done.certificate_id)] == ["room"]
+    assert done.thing in ThingGroups(ServiceStore.of(fleet.registry)).members("sensors")
     assert (done.directory / "device.key").stat().st_mode & 0o777 == 0o600
     gateway.sync(fleet.registry)
     assert connack(raw, done.directory, done.thing) == 0
@@ -233,3 +237,49 @@ def test_fleet_provision_by_claim_onboards_devices_through_the_gateway(fleet, ga
         main(["--home", str(fleet.home), "fleet", "provision", "--by-claim", "--count", "1", "--policy", "room",
               "--claim-cert", str(claim.cert), "--claim-key", str(claim.key), "--template", "fleet"])
     assert refused.value.code == 2 and "--policy does not apply to --by-claim" in capsys.readouterr().err
+
+
+def test_the_sdks_request_response_identity_client_over_mqtt5(fleet, gateway, claim):
+    """IotIdentityClientV2 (awscrt's request-response client on an MQTT 5 client), as the newer AWS samples use it."""
+    import concurrent.futures
+
+    from awscrt import mqtt5, mqtt_request_response
+    from awsiot import iotidentity, mqtt5_client_builder
+
+    connected: concurrent.futures.Future = concurrent.futures.Future()
+    client = mqtt5_client_builder.mtls_from_path(
+        endpoint="localhost", port=gateway.port, cert_filepath=str(claim.cert), pri_key_filepath=str(claim.key),
+        ca_filepath=str(claim.root_ca), client_id="claim-v2", enable_metrics_collection=False,
+        on_lifecycle_connection_success=lambda data: connected.done() or connected.set_result(True),
+        on_lifecycle_connection_failure=lambda data: connected.done() or connected.set_exception(
+            RuntimeError(f"connect failed: {data.exception}")))
+    client.start()
+    try:
+        connected.result(WAIT)
+        identity = iotidentity.IotIdentityClientV2(client, mqtt_request_response.ClientOptions(
+            max_request_response_subscriptions=4, max_streaming_subscriptions=2, operation_timeout_in_seconds=10))
+        created = identity.create_keys_and_certificate(iotidentity.CreateKeysAndCertificateRequest()).result(WAIT * 2)
+        registered = identity.register_thing(iotidentity.RegisterThingRequest(
+            template_name="fleet", certificate_ownership_token=created.certificate_ownership_token,
+            parameters={"SerialNumber": "5005"})).result(WAIT * 2)
+    finally:
+        client.stop(mqtt5.DisconnectPacket())
+    assert registered.thing_name == "sensor-5005"
+    assert fleet.registry.get_certificate(created.certificate_id).status == "ACTIVE"
+
+
+def test_a_template_naming_a_missing_thing_group_is_rejected_before_anything_is_made(service, fleet):
+    body = json.loads(TEMPLATE)
+    body["Resources"]["thing"]["Properties"]["ThingGroups"] = ["no-such-group"]
+    try:
+        fleet.registry.create_provisioning_template("nogroup", json.dumps(body))
+    except AlreadyExists:
+        pass
+    now = dt.datetime.now(dt.UTC)
+    _, created = call(service, "$aws/certificates/create/json", {}, now)
+    kind, err = call(service, "$aws/provisioning-templates/nogroup/provision/json",
+                     {"certificateOwnershipToken": created["certificateOwnershipToken"],
+                      "parameters": {"SerialNumber": "8008"}}, now)
+    assert (kind, err["statusCode"]) == ("rejected", 400) and "no-such-group" in err["errorMessage"]
+    with pytest.raises(Exception, match="does not exist"):
+        fleet.registry.get_thing("sensor-8008")

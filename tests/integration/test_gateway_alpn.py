@@ -107,3 +107,19 @@ def test_the_sdks_default_port_path_on_port_443(fleet, broker):
         connection.disconnect().result(WAIT)
     finally:
         running.stop()
+
+
+def test_a_privileged_port_that_cannot_be_bound_says_how_to_bind_it(monkeypatch):
+    import errno
+
+    from gateway.server import _listen
+
+    def refuse(self, address):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(socket.socket, "bind", refuse)
+    with pytest.raises(OSError) as info:
+        _listen("127.0.0.1", 443, "--port")
+    message = str(info.value)
+    assert "cannot listen on 127.0.0.1:443" in message
+    assert "CAP_NET_BIND_SERVICE" in message and "authbind" in message
