@@ -76,13 +76,20 @@ DEVICE_TOKEN_POLICY = ("iotgate-fleet-run-token-devices", json.dumps({"Version":
     {"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/dt/${jwt:sub}/*"},
     {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"], "Resource": "arn:aws:iot:*:*:topic/cmd/${jwt:sub}/*"},
     {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/cmd/${jwt:sub}/*"}]}))
-# a SigV4 principal has no claims: its own client id names its topics (one key per device)
-DEVICE_KEY_POLICY = ("iotgate-fleet-run-key-devices", json.dumps({"Version": "2012-10-17", "Statement": [
-    {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/sim-*"},
-    {"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/dt/${iot:ClientId}/*"},
-    {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"],
-     "Resource": "arn:aws:iot:*:*:topic/cmd/${iot:ClientId}/*"},
-    {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/cmd/${iot:ClientId}/*"}]}))
+
+
+def device_key_policy(name: str, prefix: str) -> tuple[str, str]:
+    """A SigV4 principal has no claims: its own client id (``prefix*``) names its topics (one key per device)."""
+    return name, json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "iot:Connect", "Resource": f"arn:aws:iot:*:*:client/{prefix}*"},
+        {"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/dt/${iot:ClientId}/*"},
+        {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"],
+         "Resource": "arn:aws:iot:*:*:topic/cmd/${iot:ClientId}/*"},
+        {"Effect": "Allow", "Action": "iot:Subscribe",
+         "Resource": "arn:aws:iot:*:*:topicfilter/cmd/${iot:ClientId}/*"}]})
+
+
+DEVICE_KEY_POLICY = device_key_policy("iotgate-fleet-run-key-devices", "sim-")
 
 
 def _rsa() -> rsa.RSAPrivateKey:
