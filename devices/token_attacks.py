@@ -227,7 +227,8 @@ def plan_attack(kind: str, member: str, world: TokenWorld, now: dt.datetime) -> 
     if kind in JWT_KINDS:
         bad = (world.token(member, now, lifetime=-3600) if kind == "expired-token"
                else world.token(member, now, audience="another-service"))
-        return AttackPlan(Attempt(username=world.username(world.token(member, now))), Attempt(username=world.username(bad)),
+        return AttackPlan(Attempt(username=world.username(world.token(member, now))),
+                          Attempt(username=world.username(bad)),
                           "a valid token from the same identity provider was not accepted either",
                           "token expired an hour ago" if kind == "expired-token"
                           else "token issued for audience another-service")

@@ -33,8 +33,9 @@ from iotgate.context import AppContext, console, err_console, pass_app
 from devices.provisioning import DEFAULT_POLICY_NAME, ensure_policy, register_certificate, rewrite_crl
 from devices.token_attacks import DEVICE_TOKEN_POLICY, TokenWorld, device_key_policy
 from loadtests.identities import LoadtestDirs, attacker_client_id, prepare
-from loadtests.plan import AUTH_KINDS, SIGV4_ATTACKS, TOKEN_ATTACKS, E2E_MODES, TARGETS, PlanError, worker_slice, Settings, attack_kinds_for, identities_needed, \
-    is_loopback, parse_duration, parse_endpoint
+from loadtests.plan import (AUTH_KINDS, E2E_MODES, SIGV4_ATTACKS, TARGETS, TOKEN_ATTACKS, PlanError, Settings,
+                            attack_kinds_for, identities_needed, is_loopback, parse_duration, parse_endpoint,
+                            worker_slice)
 from loadtests.preflight import check_pool, check_reachable
 from loadtests.shapes import SHAPES, shape_spec
 
@@ -279,57 +280,62 @@ def loadtest(app: AppContext, users: int, spawn_rate: float, run_time: str, work
     world = _prepare(app, target, observers=total_workers if e2e_mode == "observer" else 0,
                      attack_slots=identities_needed(attackers, total_workers) if attackers else 0,
                      kinds=kinds if attackers else ())
-    devices_world = _prepare_devices(app, auth, prefix, _used_names(pool.names, users, total_workers))
-    report_dir = (report_dir or home / "loadtest" / "reports" / run_id).resolve()
-    report_dir.mkdir(parents=True, exist_ok=True)
-    csv_prefix = report_dir / "locust"
-    html = report_dir / "report.html"
-    port_master = master_port or (DEFAULT_MASTER_PORT if remote_workers else _free_port(master_bind_host))
-
-    iotgate_args = ["--iotgate-target", target, "--iotgate-endpoint", endpoint, "--iotgate-prefix", prefix,
-                    "--iotgate-pool-size", str(len(pool.names)), "--iotgate-pool-digest", pool.digest,
-                    "--iotgate-shape", shape, "--iotgate-attackers", str(attackers), "--iotgate-mqtt", mqtt,
-                    "--iotgate-telemetry-interval", f"{interval:g}", "--iotgate-payload-bytes", str(payload_bytes),
-                    "--iotgate-e2e", e2e_mode, "--iotgate-run-id", run_id]
-    if server_name:
-        iotgate_args += ["--iotgate-server-name", server_name]
-    if ca_file:
-        iotgate_args += ["--iotgate-ca-file", str(ca_file.resolve())]
-    if storm_at is not None:
-        iotgate_args += ["--iotgate-storm-at", f"{storm_at:g}"]
-    if keep_contexts:
-        iotgate_args.append("--iotgate-keep-contexts")
-    if token_port is not None:
-        iotgate_args += ["--iotgate-token-port", str(token_port), "--iotgate-auth", auth]
-    master = _locust("--master", "--master-bind-host", master_bind_host, "--master-bind-port", str(port_master),
-                     "--expect-workers", str(total_workers), "--users", str(users),
-                     "--spawn-rate", f"{spawn_rate:g}", "--run-time", f"{math.ceil(seconds)}s",
-                     "--csv", str(csv_prefix), "--csv-full-history", "--html", str(html), "--exit-code-on-error", str(exit_code_on_error),
-                     *(["--headless"] if headless else ["--web-host", web_host, "--web-port", str(web_port)]),
-                     *iotgate_args)
-
-    console.print(f"[bold]{shape}[/] against {target} {endpoint}: {users} devices"
-                  + (f" + {attackers} attacker(s)" if attackers else "")
-                  + f", {spawn_rate:g}/s, {math.ceil(seconds)} s, {total_workers} worker(s); identities "
-                    f"{pool.names[0]}.. ({pool.needed} of {len(pool.names)} used); e2e {e2e_mode}; telemetry "
-                  + (f"every {interval:g} s" if interval else "off"))
-    for kind, why in skipped.items():
-        if attackers:
-            console.print(f"attack {kind}: [yellow]SKIPPED[/] ({why})")
-    if remote_workers:
-        console.print(f"waiting for {remote_workers} remote worker(s): on each, run `iotgate --home HOME loadtest "
-                      f"--join {master_bind_host}:{port_master} --workers N` (HOME: a copy of {home})")
-    if not headless:
-        console.print(f"web UI: http://{web_host}:{web_port}  (start the run there; Ctrl-C ends it)")
-
-    _interrupt_on_sigterm()
-    children = _Children()
-    master_proc = children.start("master", master, env)
-    for index in range(workers):
-        children.start(f"worker {index}", _worker_cmd("127.0.0.1" if master_bind_host in ("0.0.0.0", "::")
-                                                       else master_bind_host, port_master), env,
-                       log=report_dir / f"worker-{index}.log")
     try:
+        devices_world = _prepare_devices(app, auth, prefix, _used_names(pool.names, users, total_workers))
+    except BaseException:
+        if world is not None:
+            world.retire(app.registry())
+        raise
+    try:
+        report_dir = (report_dir or home / "loadtest" / "reports" / run_id).resolve()
+        report_dir.mkdir(parents=True, exist_ok=True)
+        csv_prefix = report_dir / "locust"
+        html = report_dir / "report.html"
+        port_master = master_port or (DEFAULT_MASTER_PORT if remote_workers else _free_port(master_bind_host))
+
+        iotgate_args = ["--iotgate-target", target, "--iotgate-endpoint", endpoint, "--iotgate-prefix", prefix,
+                        "--iotgate-pool-size", str(len(pool.names)), "--iotgate-pool-digest", pool.digest,
+                        "--iotgate-shape", shape, "--iotgate-attackers", str(attackers), "--iotgate-mqtt", mqtt,
+                        "--iotgate-telemetry-interval", f"{interval:g}", "--iotgate-payload-bytes", str(payload_bytes),
+                        "--iotgate-e2e", e2e_mode, "--iotgate-run-id", run_id]
+        if server_name:
+            iotgate_args += ["--iotgate-server-name", server_name]
+        if ca_file:
+            iotgate_args += ["--iotgate-ca-file", str(ca_file.resolve())]
+        if storm_at is not None:
+            iotgate_args += ["--iotgate-storm-at", f"{storm_at:g}"]
+        if keep_contexts:
+            iotgate_args.append("--iotgate-keep-contexts")
+        if token_port is not None:
+            iotgate_args += ["--iotgate-token-port", str(token_port), "--iotgate-auth", auth]
+        master = _locust("--master", "--master-bind-host", master_bind_host, "--master-bind-port", str(port_master),
+                         "--expect-workers", str(total_workers), "--users", str(users),
+                         "--spawn-rate", f"{spawn_rate:g}", "--run-time", f"{math.ceil(seconds)}s",
+                         "--csv", str(csv_prefix), "--csv-full-history", "--html", str(html), "--exit-code-on-error", str(exit_code_on_error),
+                         *(["--headless"] if headless else ["--web-host", web_host, "--web-port", str(web_port)]),
+                         *iotgate_args)
+
+        console.print(f"[bold]{shape}[/] against {target} {endpoint}: {users} devices"
+                      + (f" + {attackers} attacker(s)" if attackers else "")
+                      + f", {spawn_rate:g}/s, {math.ceil(seconds)} s, {total_workers} worker(s); identities "
+                        f"{pool.names[0]}.. ({pool.needed} of {len(pool.names)} used); e2e {e2e_mode}; telemetry "
+                      + (f"every {interval:g} s" if interval else "off"))
+        for kind, why in skipped.items():
+            if attackers:
+                console.print(f"attack {kind}: [yellow]SKIPPED[/] ({why})")
+        if remote_workers:
+            console.print(f"waiting for {remote_workers} remote worker(s): on each, run `iotgate --home HOME loadtest "
+                          f"--join {master_bind_host}:{port_master} --workers N` (HOME: a copy of {home})")
+        if not headless:
+            console.print(f"web UI: http://{web_host}:{web_port}  (start the run there; Ctrl-C ends it)")
+
+        _interrupt_on_sigterm()
+        children = _Children()
+        master_proc = children.start("master", master, env)
+        for index in range(workers):
+            children.start(f"worker {index}", _worker_cmd("127.0.0.1" if master_bind_host in ("0.0.0.0", "::")
+                                                           else master_bind_host, port_master), env,
+                           log=report_dir / f"worker-{index}.log")
         code = children.wait(master_proc)
         codes = children.finish()
     finally:
