@@ -194,6 +194,11 @@ class TokenWorld:
         return jwt.encode({"sub": sub, "iss": ISSUER, "aud": audience, "iat": issued, "exp": ts + lifetime},
                           self.idp, algorithm="RS256", headers={"kid": "fleet-run-1"})
 
+    def sdk_auth(self, token: str) -> dict:
+        """The token as the AWS IoT Device SDK's ``direct_with_custom_authorizer`` takes it."""
+        return {"auth_authorizer_name": self.authorizer, "auth_authorizer_signature": sign_token(self.signer, token),
+                "auth_token_key_name": TOKEN_KEY, "auth_token_value": token}
+
     def username(self, token: str) -> str:
         """The CONNECT username of the AWS IoT Device SDK's custom-authorizer connection, signed."""
         return custom_auth_username(self.authorizer, TOKEN_KEY, token, sign_token(self.signer, token))

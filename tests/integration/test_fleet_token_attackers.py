@@ -203,3 +203,15 @@ def test_token_groups_need_the_token_listener(fleet, tgw):
         run_fleet(FleetPlan(target="gateway", endpoint=Endpoint("127.0.0.1", tgw.port, "localhost"), devices=2,
                             scenario=loads_scenario(DEVICES),
                             local=LocalPKI(fleet.store, fleet.registry, fleet.store.load_issuer(), fleet.now)))
+
+
+def test_token_and_sigv4_devices_on_the_aws_iot_device_sdk_builders(fleet, tgw):
+    """The same groups through the SDK's own builders (direct_with_custom_authorizer,
+    websockets_with_default_aws_signing), as a team's app would run them."""
+    result = run_fleet(FleetPlan(target="gateway", endpoint=Endpoint("localhost", tgw.port), devices=4,
+                                 scenario=loads_scenario(DEVICES), connector="awsiotsdk",
+                                 token_port=tgw.gateway.token_port,
+                                 local=LocalPKI(fleet.store, fleet.registry, fleet.store.load_issuer(), fleet.now)))
+    assert result.passed, (result.verdict, result.mismatches, result.failures)
+    groups = {g["group"]: g for g in result.report["groups"]}
+    assert groups["apps"]["allowed"] == 2 and groups["phones"]["allowed"] == 2
