@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devices.evidence import classify_token_connect
 from devices.report import Outcome
+from devices.scenario import ATTACKER_KINDS
 from devices.tokens import (ConnectResult, custom_auth_username, sign_token, sigv4_target, try_connect,
                             try_connect_blocking)
 from certs.errors import IotgateError
@@ -44,14 +45,9 @@ from certs.keys import write_private_file
 from gateway.auth.secrets import SecretBox
 from gateway.registry import NotFound, Registry
 
-TOKEN_ATTACKER_KINDS: dict[str, str] = {
-    "expired-token": "custom-authorizer JWT whose expiry has passed",
-    "foreign-audience-token": "custom-authorizer JWT issued for another audience",
-    "replayed-signature": "SigV4-signed WebSocket URL used a second time",
-    "wrong-secret-signature": "SigV4 signature made with a secret that is not the key's",
-}
 JWT_KINDS = ("expired-token", "foreign-audience-token")
 SIGV4_KINDS = ("replayed-signature", "wrong-secret-signature")
+TOKEN_ATTACKER_KINDS: dict[str, str] = {k: ATTACKER_KINDS[k] for k in JWT_KINDS + SIGV4_KINDS}  # kind -> what
 AUTHORIZER = "iotgate-fleet-run-jwt"
 POLICY = "iotgate-fleet-run-token"
 AUDIENCE = "iotgate-fleet-run"

@@ -101,3 +101,10 @@ def test_credentials_files_are_private_and_load_back(world, tmp_path):
                       options={"verify_exp": False})["sub"] == "atk-a"
     with pytest.raises(ValueError, match="loaded from files"):
         loaded.add_key("atk-b")
+
+
+def test_the_load_tests_know_the_same_token_attackers():
+    from devices.token_attacks import TOKEN_ATTACKER_KINDS
+    from loadtests.plan import SIGV4_ATTACKS, TOKEN_ATTACKS
+
+    assert TOKEN_ATTACKS == tuple(TOKEN_ATTACKER_KINDS) and set(SIGV4_ATTACKS) < set(TOKEN_ATTACKS)
