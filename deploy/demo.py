@@ -76,6 +76,16 @@ OPS_POLICY = {
          "Resource": ["arn:aws:iot:*:*:topic/dt/*", "arn:aws:iot:*:*:topic/cmd/*"]},
     ],
 }
+# What AWS's Device Shadow and Jobs samples need: their own thing's `$aws/things/<thing>/...` topics.
+SERVICES_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"],
+         "Resource": "arn:aws:iot:*:*:topic/$aws/things/${iot:Connection.Thing.ThingName}/*"},
+        {"Effect": "Allow", "Action": "iot:Subscribe",
+         "Resource": "arn:aws:iot:*:*:topicfilter/$aws/things/${iot:Connection.Thing.ThingName}/*"},
+    ],
+}
 NOT_AUTHORIZED_V5, NOT_AUTHORIZED_V3, SUBACK_FAILURE_V3 = 135, 5, 128
 
 
@@ -135,6 +145,10 @@ def run_stack(home: Path, base: Path, things: list[str], revoked: str, summary: 
     run(["policy", "create", "ops-console", str(ops_file)], home=home)
     run(["fleet", "provision", "--count", "1", "--prefix", "ops-console-", "--policy", "ops-console"], home=home)
     ops_thing = "ops-console-00001"
+    services_file = base / "device-services.json"
+    services_file.write_text(json.dumps(SERVICES_POLICY, indent=2))
+    run(["policy", "create", "device-services", str(services_file)], home=home)
+    run(["policy", "attach", "device-services", "--thing", things[1]], home=home)
     files = lambda thing: DeviceFiles(home / "devices" / thing)  # noqa: E731
     broker_port, gateway_port = free_port(), free_port()
     broker = Background("mosquitto", ["broker", "run", "--port", str(broker_port)], home=home, port=broker_port,
@@ -193,6 +207,22 @@ def run_stack(home: Path, base: Path, things: list[str], revoked: str, summary: 
               ("allowed" if commands_answered == len(responses) == len(fleet) else "refused",
                f"{commands_answered} answered, operator received {len(responses)}"))
 
+        # Device Shadow, answered by the gateway itself: the operator sets a desired state, the device gets the delta.
+        lamp = live.get(things[1])
+        if lamp is not None and lamp.subscribe(f"$aws/things/{things[1]}/shadow/update/delta") == [1]:
+            run(["shadow", "update", things[1], "--payload", '{"state": {"desired": {"led": "on"}}}'], home=home,
+                quiet=True)
+            message = lamp.message()
+            for _ in range(10):  # its own command answers (cmd/<thing>/#) may come first
+                if message.topic.endswith("/shadow/update/delta"):
+                    break
+                message = lamp.message()
+            delta = json.loads(message.payload)
+            check(things[1], "shadow delta after `iotgate shadow update`", "allowed",
+                  ("allowed" if delta["state"] == {"led": "on"} else "refused", f"version {delta['version']}"))
+        else:
+            check(things[1], "subscribe to its shadow's update/delta", "allowed", ("refused", "SUBACK refused"))
+
         # Attackers: each must be refused, and the gateway must say why.
         intruder = device(None, "intruder")
         check("no certificate", "TLS without a client certificate", "refused",
@@ -219,6 +249,9 @@ def run_stack(home: Path, base: Path, things: list[str], revoked: str, summary: 
         outsider3.connect()
         check(things[24], f"publish cmd/{things[3]}/reboot (MQTT 3.1.1)", "refused",
               attempt(lambda: _v3_publish(outsider3, f"cmd/{things[3]}/reboot")))
+        check(things[23], f"update the shadow of {things[1]}", "refused",
+              attempt(lambda: _puback(outsider.publish(f"$aws/things/{things[1]}/shadow/update",
+                                                       b'{"state": {"desired": {"led": "off"}}}', qos=1))))
         wildcard = device(things[25], things[25])
         wildcard.connect()
         check(things[25], "subscribe to # (everything)", "refused",

@@ -326,6 +326,10 @@ def plan(desired: Desired, observed: Observed) -> Plan:
     elif desired.templates:
         for name, tpl in sorted(desired.templates.items()):
             remote = observed.templates.get(name)
+            if remote is None and not tpl.role_arn:
+                skipped.append(f"provisioning template {name}: AWS IoT needs its provisioning role "
+                               f"(iotgate template update {name} --role-arn ARN)")
+                continue
             if remote is None:
                 params = {"templateName": name, "templateBody": tpl.body, "enabled": tpl.enabled,
                           "type": tpl.template_type}

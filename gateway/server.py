@@ -25,7 +25,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import datetime as dt
 import errno
+import hashlib
+import os
 import secrets
 import socket
 import sys
@@ -35,9 +38,11 @@ import traceback
 from collections.abc import Callable
 
 import orjson
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from certs.keys import write_file
-from certs.store import PKIPaths
+from certs.store import PASSPHRASE_ENV, PKIPaths, PKIStore
 from gateway.auth import (
     AuthRefusal,
     AuthView,
@@ -56,16 +61,20 @@ from gateway.config import GatewayConfig
 from gateway.mqtt import Framer, MQTTProtocolError, PacketType, decode
 from gateway.observe import AccessLog, Metrics
 from gateway.observe.http import start_metrics_server
+from gateway.provisioning import jit
 from gateway.registry import Registry
 from gateway.registry.changes import ChangeSet
 from gateway.services.base import Caller
 from gateway.services.runtime import ServiceHub
-from gateway.session import Close, Peer, RateLimiter, Session, State
+from gateway.session import Close, Peer, RateLimiter, ServiceRequest, Session, State
 from gateway.upstream.link import UpstreamConnector, parse_upstream_url
 from gateway.watch import RegistryWatcher
 from gateway.websocket import UpgradeError, WebSocketServer, WebSocketTransport
 
 CLOSE_GRACE = 2.0  # seconds a closing device may take to read its last packets before it is aborted
+# Refusals of a certificate that an auto-registration CA may register or provision just in time
+JIT_KEYS = frozenset({"certificate_not_registered", "certificate_pending_activation"})
+
 # The device transport pauses the gateway's reading of that device above this many buffered bytes (uvloop's TLS
 # default is 512 KiB): with one read's worth of answers on top, a slow device stays well below max_device_buffer.
 DEVICE_WRITE_HIGH_WATER = 64 * 1024
@@ -236,6 +245,11 @@ class Connection:
             self.flush()
         except Exception as exc:  # noqa: BLE001
             self._crash(where, exc)
+
+    def service_reply(self, topic: str, payload: bytes) -> None:
+        session = self.session
+        if session is not None and not self.closed:
+            self._step("service reply", session.deliver_local, topic, payload)
 
     def device_data(self, data: bytes) -> None:
         session = self.session
@@ -524,6 +538,7 @@ class Gateway:
         self.watcher: RegistryWatcher | None = None
         self._listener: socket.socket | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._jit: dict[str, asyncio.Future] = {}  # certificate id -> its registration under way
         self._services: list[asyncio.Task] = []
         self._metrics_server = None
         self._ended = [0, 0]  # publishes forwarded, deliveries forwarded, by sessions that ended
@@ -581,10 +596,12 @@ class Gateway:
             self.token_port = self._token_listener.getsockname()[1]
             listen += f", {cfg.host}:{self.token_port} (tokens, WebSocket)"
         self.metrics.info.update(listen=listen, upstream=str(target), state="running")
+        self.record(upstream_event(target, pki, cfg.upstream_username), None)
         if cfg.metrics_port:
             self._metrics_server = await start_metrics_server(self.metrics, cfg.metrics_host, cfg.metrics_port,
                                                                refresh=self.stats)
-        self.services = ServiceHub(self._registry, self.connector, clock=self.clock, on_error=self.internal_error)
+        self.services = ServiceHub(self._registry, self.connector, clock=self.clock, on_error=self.internal_error,
+                                   issuer=self._issuer, deliver=self._deliver, account=cfg.account, region=cfg.region)
         self._services = [
             self.loop.create_task(self.services.run(), name="iotgate-services"),
             self.loop.create_task(self._accept_loop(self._listener, False), name="iotgate-accept"),
@@ -708,6 +725,8 @@ class Gateway:
                 auth, no_connect = outcome
             else:
                 auth = self.authenticator.authenticate(tls.der, self.view)
+                if isinstance(auth, AuthRefusal) and auth.key in JIT_KEYS and self.view.auto_registration:
+                    auth = await self._just_in_time(auth, tls.der)
                 conn.der = tls.der
             peer = Peer(conn.addr[0], conn.addr[1], tls.server_name, tls.version)
             lim = self.config.limits
@@ -755,6 +774,38 @@ class Gateway:
         finally:
             self.connections.discard(conn)
             self.metrics.gauges["connections_open"] = len(self.connections)
+
+    # ------------------------------------------------------------------ just-in-time registration
+
+    async def _just_in_time(self, refusal: AuthRefusal, der: bytes) -> AuthRefusal:
+        """An unknown or PENDING_ACTIVATION certificate while some CA auto-registers: JITR or JITP (see
+        gateway.provisioning.jit). The connection is refused either way, as AWS IoT refuses it; the refusal says
+        what was done. One registration per certificate at a time."""
+        cert_id = refusal.certificate_id
+        view = self.view
+        if not jit.may_auto_register(der, view.auto_registration, dict(zip(sorted(view.ca_set), view.ca_pems))):
+            return refusal
+        pending = self._jit.get(cert_id)
+        if pending is None:
+            now = dt.datetime.now(dt.UTC)
+            pending = self.loop.run_in_executor(
+                self._executor, lambda: jit.just_in_time(self._registry, der, account=self.config.account, now=now))
+            self._jit[cert_id] = pending
+            pending.add_done_callback(lambda _: self._jit.pop(cert_id, None))
+        try:
+            outcome = await asyncio.shield(pending)
+        except Exception as exc:  # noqa: BLE001 - a registry failure refuses this connection, never the gateway
+            self.internal_error(f"just-in-time registration of {cert_id}", exc)
+            return refusal
+        if outcome.kind == "none":
+            return refusal
+        if outcome.event is not None and self.services is not None:
+            self.services.link.publish(*outcome.event)  # to the broker, as the services' own messages
+        self.record({"event": "jit", "certificate_id": cert_id, "ca_id": outcome.ca_id, "thing": outcome.thing,
+                     "decision": "refused", "kind": outcome.kind, "reason": outcome.reason}, None)
+        key = {"jitr": "certificate_pending_activation", "jitp": "certificate_provisioned_jitp"}.get(
+            outcome.kind, "jitp_failed")
+        return AuthRefusal(cert_id, key, outcome.reason)
 
     # ------------------------------------------------------------------ tokens and SigV4 (the token listener)
 
@@ -965,15 +1016,28 @@ class Gateway:
     def service_caller(self, conn: Connection) -> Caller:
         session = conn.session
         return Caller(session.client_id or "", session.certificate_id or conn.principal_key, session.thing,
-                      session.peer.ip)
+                      session.peer.ip, id(conn))
 
-    def service_effects(self, conn: Connection, items: list[tuple]) -> None:
+    def _deliver(self, key: int, topic: str, payload: bytes) -> None:
+        """A service's answer to one connection (fleet provisioning: it may carry a private key)."""
+        for conn in self.connections:
+            if id(conn) == key:
+                conn.service_reply(topic, payload)
+                return
+
+    def _issuer(self):
+        """The CA that signs certificates made by fleet provisioning: the home's issuing CA (its key, with
+        IOTGATE_CA_PASSPHRASE when encrypted), loaded on first use."""
+        passphrase = os.environ.get(PASSPHRASE_ENV)
+        return PKIStore(self.config.home).load_issuer(passphrase.encode() if passphrase else None)
+
+    def service_effects(self, conn: Connection, items: list) -> None:
         """A session's `$aws/...` requests and subscription changes, handed to the services."""
         for item in items:
-            if item[0] == "request":
-                self.services.request(self.service_caller(conn), item[1], item[2])
+            if isinstance(item, ServiceRequest):
+                self.services.request(id(conn), self.service_caller(conn), item.topic, item.payload)
             else:
-                self.services.subscribed(id(conn), item[0], item[1])
+                self.services.subscribed(id(conn), item.event, item.filters)
 
     def session_ended(self, session: Session | None) -> None:
         if session is not None:
@@ -989,6 +1053,10 @@ class Gateway:
                 delivered += conn.session.delivered
         self.metrics.messages["device_to_upstream"] = published
         self.metrics.messages["upstream_to_device"] = delivered
+        if self.services is not None:
+            m, hub = self.metrics.messages, self.services
+            m["service_requests"], m["service_requests_throttled"] = hub.requests, hub.throttled
+            m["service_published"], m["service_dropped"] = hub.link.published, hub.link.dropped
         return self.metrics.stats()
 
     async def _housekeeping(self) -> None:
@@ -1037,6 +1105,24 @@ def _bare_event(event: str, addr: tuple, decision: str, kind: str, reason: str) 
     return {"event": event, "source": source, "certificate_id": None, "thing": None, "client_id": None,
             "action": None, "resource": None, "decision": decision, "statement": None, "kind": kind,
             "reason": reason}
+
+
+def upstream_event(target, pki: PKIPaths, username: str) -> dict:
+    """The access-log line naming the gateway's own identity towards the broker (the gateway -> broker hop)."""
+    event = {"event": "upstream", "source": None, "certificate_id": None, "thing": None, "client_id": None,
+             "action": None, "resource": str(target), "decision": "configured", "statement": None,
+             "identity": username}
+    if target.scheme == "unix":
+        event.update(kind="password", auth="password", reason="unix socket with the gateway's own password")
+        return event
+    event.update(kind="mtls", auth="mtls", reason="mutual TLS with the gateway's client certificate")
+    try:
+        cert = x509.load_pem_x509_certificate(pki.client_cert.read_bytes())
+        event["certificate_id"] = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+        event["ca"] = cert.issuer.rfc4514_string()
+    except (OSError, ValueError):
+        event["reason"] += " (not readable here: not identified)"
+    return event
 
 
 def _assign_client_id() -> str:

@@ -9,8 +9,8 @@ upstream broker, the time when it matters, and registry changes; the session ans
     out.events      access-log events (dicts without time; the shell stamps and writes them)
     out.claim       a client id this session now owns (the shell closes the older holder: takeover)
     out.close       a Close: the session is over; the shell flushes, then closes both sides
-    out.service     for the gateway's `$aws/...` services (gateway.services): ("request", topic, payload) of an
-                    allowed request, ("subscribed" | "unsubscribed", filters) for lifecycle events
+    out.service     for the gateway's `$aws/...` services (gateway.services): a ServiceRequest (an allowed request)
+                    or a SubscriptionChange (granted or removed filters, for lifecycle events)
 
 Packets are forwarded as their original bytes; only what a decision needs is decoded (topic, QoS, retain,
 packet id). Packet ids are mirrored 1:1 because each device has its own upstream connection. A refusal is a
@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Callable
+from typing import NamedTuple
 
 from gateway.auth import AuthRefusal, Principal
 from gateway.config import Limits
@@ -37,6 +38,7 @@ from gateway.mqtt import (
     PacketType,
     Properties,
     PubAck,
+    Publish,
     ReasonCode,
     SubAck,
     Subscribe,
@@ -57,6 +59,21 @@ R = ReasonCode
 PINGRESP = b"\xd0\x00"
 PINGREQ = b"\xc0\x00"
 UPSTREAM_MAX_PACKET = 4 * 1024 * 1024
+MAX_FLOWS_PER_SESSION = 256  # distinct allowed (action, topic) rows one session logs; the rest are counted together
+
+_AUTH_METHODS = {"x509": "mtls", "authorizer": "custom_authorizer", "sigv4": "sigv4"}
+
+
+def auth_method(auth: Principal | AuthRefusal) -> str:
+    """How a connection authenticated (or tried to): mtls, custom_authorizer or sigv4 (the access-log ``auth``)."""
+    if isinstance(auth, Principal):
+        return _AUTH_METHODS.get(auth.kind, auth.kind)
+    fields = dict(auth.log)
+    if "access_key" in fields:
+        return "sigv4"
+    if "authorizer" in fields:
+        return "custom_authorizer"
+    return "mtls"
 
 
 class State(enum.Enum):
@@ -88,6 +105,16 @@ class Close:
     graceful_upstream: bool = False
 
 
+class ServiceRequest(NamedTuple):
+    topic: str
+    payload: bytes
+
+
+class SubscriptionChange(NamedTuple):
+    event: str  # "subscribed" or "unsubscribed"
+    filters: list[str]
+
+
 class Output:
     __slots__ = ("device", "upstream", "events", "open_upstream", "claim", "close", "service")
 
@@ -98,7 +125,7 @@ class Output:
         self.open_upstream = False
         self.claim: str | None = None
         self.close: Close | None = None
-        self.service: list[tuple] = []
+        self.service: list[ServiceRequest | SubscriptionChange] = []
 
 
 # --------------------------------------------------------------------------------------------- rate limits
@@ -211,7 +238,7 @@ class Session:
         "_upstream_connect", "_connect_decision", "_requested_keepalive", "_assigned", "_session_expiry",
         "_expiry_granted",
         "_pending", "_pending_bytes", "_aliases", "_inflight", "_subs", "_reserved", "_hash_parents", "_subacks",
-        "_pub_bucket", "_byte_bucket", "_throttle_logged", "_serves",
+        "_pub_bucket", "_byte_bucket", "_throttle_logged", "_serves", "_flows",
     )
 
     def __init__(self, peer: Peer, auth: Principal | AuthRefusal, limits: Limits, *,
@@ -261,6 +288,8 @@ class Session:
         self.packets_in = 0
         self.published = 0  # publishes forwarded upstream
         self.delivered = 0  # deliveries forwarded to the device
+        # allowed (action, topic or filter) -> [count, payload bytes]: logged once, with the session's last event
+        self._flows: dict[tuple[str, str], list[int]] = {}
 
     # ------------------------------------------------------------------ identity
 
@@ -561,15 +590,20 @@ class Session:
         else:
             self.out.upstream.append(frame.data)
         self.published += 1
+        self._flow(action, topic, len(frame.data))
 
     def _service_request(self, frame: Frame, header, resource: str) -> None:
         """A request to the gateway's services: decided by iot:Publish, acknowledged here, answered by them."""
+        if header.retain:  # AWS IoT: "You can't publish to a reserved topic with the RETAIN flag set."
+            self._refuse_publish(header.packet_id, header.qos, R.NOT_AUTHORIZED, "reserved_topic",
+                                 "retained publish to a reserved topic", resource, None)
+            return
         decision = self._decide("iot:Publish", resource)
         if not decision.allowed:
             self._refuse_publish(header.packet_id, header.qos, R.NOT_AUTHORIZED, "publish_denied",
                                  decision_reason(decision), resource, decision)
             return
-        self.out.service.append(("request", resource[6:], bytes(frame.data[header.payload_offset:])))
+        self.out.service.append(ServiceRequest(resource[6:], bytes(frame.data[header.payload_offset:])))
         if header.qos:
             self.out.device.append(encode(PubAck(header.packet_id), self.level))
 
@@ -653,6 +687,7 @@ class Session:
             self._reserved.add(flt)
             codes.append(None)
             forward.append(self._upstream_subscription(sub))
+            self._flow("iot:Subscribe", flt, 0)
         if not forward:
             self.out.device.append(encode(SubAck(pid, tuple(codes)), level))
             return
@@ -687,7 +722,8 @@ class Session:
             self._subs.pop(flt, None)
         self._subs_changed()
         self.out.upstream.append(frame.data)
-        self.out.service.append(("unsubscribed", list(packet.topic_filters)))
+        if self._serves is not None:
+            self.out.service.append(SubscriptionChange("unsubscribed", list(packet.topic_filters)))
 
     def _on_pingreq(self, frame: Frame, now: float) -> None:
         if frame.remaining_length:
@@ -735,6 +771,14 @@ class Session:
         except MQTTProtocolError as exc:
             self._upstream_violation(f"malformed packet from the broker: {exc}")
 
+    def deliver_local(self, topic: str, payload: bytes) -> None:
+        """A message the gateway itself addresses to this device (a service's private answer): delivered as one
+        from the broker would be, to a subscription of the device, decided by iot:Receive, at QoS 0."""
+        if self.state is not State.ACTIVE or not self._aws_deliverable(topic, False):
+            return
+        for frame in Framer(protocol_level=self.level).feed(encode(Publish(topic, payload), self.level)):
+            self._on_delivery(frame)
+
     def _upstream_violation(self, detail: str) -> None:
         if self.state is State.UPSTREAM_PENDING:
             self.upstream_failed(detail)
@@ -762,6 +806,7 @@ class Session:
             return
         self.out.device.append(frame.data)
         self.delivered += 1
+        self._flow("iot:Receive", topic, len(frame.data))
 
     def _drop_delivery(self, packet_id: int | None) -> None:
         # The broker's inflight window must not stall: the gateway acknowledges a dropped QoS 1 delivery itself.
@@ -812,8 +857,8 @@ class Session:
                     subscribed.append(flt)
                 codes[i] = up
         self._subs_changed()
-        if subscribed:
-            self.out.service.append(("subscribed", subscribed))
+        if subscribed and self._serves is not None:
+            self.out.service.append(SubscriptionChange("subscribed", subscribed))
         self.out.device.append(encode(SubAck(packet.packet_id, tuple(codes)), self.level))
 
     def _up_forward(self, frame: Frame) -> None:
@@ -950,7 +995,7 @@ class Session:
         if action == "iot:Connect" and resource is None and self.client_id is not None:
             resource = f"client/{self.client_id}"
         self._event(event, action, resource, outcome, close.key, close.reason, decision,
-                    code=None if code is None else int(code))
+                    code=None if code is None else int(code), flows=self._flow_summary())
         self.state = State.CLOSED
         self._pending.clear()
         self.out.close = close
@@ -964,6 +1009,27 @@ class Session:
             return encode(Connack(False, code), 5)
         v3 = connect_return_code_for(code)
         return encode(Connack(False, v3), 4) if v3 is not None else b""
+
+    def _flow(self, action: str, name: str, size: int) -> None:
+        entry = self._flows.get((action, name))
+        if entry is None:
+            if len(self._flows) >= MAX_FLOWS_PER_SESSION:
+                entry = self._flows.setdefault(("", ""), [0, 0])  # the overflow row
+            else:
+                entry = self._flows[(action, name)] = [0, 0]
+        entry[0] += 1
+        entry[1] += size
+
+    def _flow_summary(self) -> list | None:
+        """The allowed flows of this session, for its last access-log event (``flows`` there)."""
+        if not self._flows:
+            return None
+        rows = [{"action": a, "topic": t, "count": n, "bytes": b} for (a, t), (n, b) in self._flows.items() if a]
+        other = self._flows.get(("", ""))
+        if other is not None:
+            rows.append({"action": None, "topic": None, "count": other[0], "bytes": other[1]})
+        self._flows.clear()
+        return rows
 
     def _event(self, event: str, action: str | None, resource: str | None, decision: str, key: str, reason: str,
                policy_decision: Decision | None = None, **extra) -> None:
@@ -982,6 +1048,10 @@ class Session:
         }
         if self._auth.log:
             record.update(self._auth.log)
+        if event == "connect":
+            record["auth"] = auth_method(self._auth)
+            if self._auth.certificate_id is not None:
+                record["ca_id"] = getattr(self._auth, "ca_id", None)
         if extra:
             record.update({k: v for k, v in extra.items() if v is not None})
         self.out.events.append(record)

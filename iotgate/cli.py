@@ -11,7 +11,8 @@ from rich.markup import escape
 
 from certs.errors import IotgateError
 from gateway.cli import broker, gateway
-from iotgate.commands import authorizer, aws, ca, cert, fleet, identity, job, loadtest, pki, policy, shadow, thing
+from iotgate.commands import (authorizer, aws, ca, cert, fleet, identity, job, loadtest, pki, policy, shadow,
+                              template, thing, thing_group)
 from iotgate.commands.qualify import qualify
 from iotgate.context import DEFAULT_HOME, AppContext, err_console
 
@@ -31,8 +32,9 @@ def cli(ctx: click.Context, home: Path, registry_url: str | None) -> None:
     ctx.call_on_close(app.close)
 
 
-for group in (pki.pki, cert.cert, ca.ca, thing.thing, policy.policy, authorizer.authorizer, identity.identity,
-              fleet.fleet, loadtest.loadtest, shadow.shadow, job.job, aws.aws, gateway, broker, qualify):
+for group in (pki.pki, cert.cert, ca.ca, thing.thing, thing_group.thing_group, policy.policy, template.template,
+              authorizer.authorizer, identity.identity, fleet.fleet, loadtest.loadtest, shadow.shadow, job.job, aws.aws,
+              gateway, broker, qualify):
     cli.add_command(group)
 
 

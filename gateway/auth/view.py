@@ -27,8 +27,8 @@ class CertState:
 class AuthView:
     """Read-only registry view: CA set and statuses, certificates, parsed policies, things."""
 
-    __slots__ = ("counter", "cas", "ca_pems", "ca_set", "certificates", "cert_policies", "cert_things", "things",
-                 "policies", "policy_errors", "authorizers", "access_keys", "default_authorizer", "_parsed",
+    __slots__ = ("counter", "cas", "ca_pems", "ca_set", "auto_registration", "certificates", "cert_policies",
+                 "cert_things", "things", "policies", "policy_errors", "authorizers", "access_keys", "default_authorizer", "_parsed",
                  "_states")
 
     def __init__(self, snapshot: Snapshot, previous: AuthView | None = None) -> None:
@@ -36,6 +36,9 @@ class AuthView:
         self.cas = {ca_id: ca.status for ca_id, ca in snapshot.cas.items()}
         self.ca_pems = tuple(snapshot.cas[ca_id].pem for ca_id in sorted(snapshot.cas))
         self.ca_set = frozenset(snapshot.cas)
+        # ACTIVE CAs that register unknown certificates they issued (JITR / JITP)
+        self.auto_registration = frozenset(ca_id for ca_id, ca in snapshot.cas.items()
+                                           if ca.auto_registration and ca.status == "ACTIVE")
         self.certificates = snapshot.certificates
         self.cert_policies = snapshot.cert_policies
         self.cert_things = snapshot.cert_things
@@ -76,16 +79,22 @@ class AuthView:
         view.counter = changes.counter
         view.cas = self.cas
         view.ca_pems, view.ca_set = self.ca_pems, self.ca_set
+        view.auto_registration = self.auto_registration
         if changes.cas:
             cas = dict(self.cas)
             pems = dict(zip(sorted(self.ca_set), self.ca_pems))
+            auto = set(self.auto_registration)
             for ca_id, ca in changes.cas.items():
+                auto.discard(ca_id)
                 if ca is None:
                     cas.pop(ca_id, None)
                     pems.pop(ca_id, None)
                 else:
                     cas[ca_id] = ca.status
                     pems[ca_id] = ca.pem
+                    if ca.auto_registration and ca.status == "ACTIVE":
+                        auto.add(ca_id)
+            view.auto_registration = frozenset(auto)
             view.cas = cas
             view.ca_pems = tuple(pems[ca_id] for ca_id in sorted(pems))
             view.ca_set = frozenset(pems)

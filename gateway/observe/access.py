@@ -4,6 +4,12 @@ Fields: time, event (tls / connect / publish / subscribe / receive / will / disc
 certificate_id, thing, client_id, action, resource, decision (allowed / refused / denied / throttled /
 disconnected / closed), statement (the policy statement(s) that decided), kind (a short label, also the
 metric label), reason (human text), and for MQTT 5 the reason code sent to the device (code).
+
+A connect event also says how the device authenticated (auth: mtls, custom_authorizer, sigv4; ca_id for a
+certificate; authorizer / principal / access_key for a token). A session's last event (disconnect, or the refusal
+that closed it) carries ``flows``: each allowed (action, topic or filter) of the session with its count and packet
+bytes. The gateway's start is one ``upstream`` event: its own identity towards the broker (auth mtls with the
+certificate id and issuer, or password on a unix socket), the gateway -> broker hop.
 """
 
 from __future__ import annotations

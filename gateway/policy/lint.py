@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from gateway.policy.document import CANONICAL_ACTIONS, ArnPattern, PolicyDocument, Statement, normalize_key, parse_policy
 from gateway.policy.engine import substitute
@@ -91,6 +91,30 @@ def _name_has_policy_wildcard(arn: ArnPattern, type_prefix: str) -> bool:
     return "*" in name or "?" in name
 
 
+def overly_permissive(action: str, matches: Callable[[str], bool]) -> list[tuple[str, str, str]]:
+    """The one notion of an over-permissive topic grant, shared by ``policy lint`` and ``flows check``.
+
+    ``matches(resource)`` says whether the grant covers a resource (``topic/...`` or ``topicfilter/...``, with
+    ``+``/``#`` as written in a filter). Returns (code, text, severity) for each finding: a grant of every topic,
+    or of the reserved topics of every thing.
+    """
+    action = action.lower()
+    probe = _PROBE
+    if action == "iot:subscribe":
+        if matches("topicfilter/#") or matches("topicfilter/" + probe):
+            return [("SUBSCRIBE_ALL_TOPICS", 'allows subscribing to every topic ("#" or any filter)', "HIGH")]
+        if matches("topicfilter/$aws/things/+/shadow/update") or matches(f"topicfilter/$aws/things/{probe}/shadow/update"):
+            return [("SUBSCRIBE_ANY_THING", "allows subscribing to reserved topics of every thing", "HIGH")]
+        return []
+    if action in ("iot:publish", "iot:receive"):
+        if matches("topic/" + probe):
+            code = "PUBLISH_ALL_TOPICS" if action == "iot:publish" else "RECEIVE_ALL_TOPICS"
+            return [(code, f"allows {action} on every topic", "HIGH" if action == "iot:publish" else "LOW")]
+        if action == "iot:publish" and matches(f"topic/$aws/things/{probe}/shadow/update"):
+            return [("PUBLISH_ANY_THING", "allows publishing to reserved topics of every thing", "HIGH")]
+    return []
+
+
 def lint(document: PolicyDocument | str | Mapping[str, Any]) -> list[Finding]:
     doc = document if isinstance(document, PolicyDocument) else parse_policy(document)
     findings: list[Finding] = []
@@ -164,25 +188,21 @@ def _lint_statement(st: Statement) -> list[Finding]:
     if "iot:subscribe" in covered:
         for arn in resources:
             m = _part_matcher(arn)
-            if m.match("topicfilter/#") or m.match("topicfilter/" + _PROBE):
-                add("SUBSCRIBE_ALL_TOPICS", f'"{arn.raw}" allows subscribing to every topic ("#" or any filter)', "HIGH")
-            elif m.match("topicfilter/$aws/things/+/shadow/update") or m.match("topicfilter/$aws/things/" + _PROBE + "/shadow/update"):
-                add("SUBSCRIBE_ANY_THING", f'"{arn.raw}" allows subscribing to reserved topics of every thing', "HIGH")
+            for code, text, severity in overly_permissive("iot:subscribe", lambda r, m=m: bool(m.match(r))):
+                add(code, f'"{arn.raw}" {text}', severity)
             if "iot:clientid" in _variables(arn) and (arn.resource_type in (None, "topicfilter")):
                 add(
                     "TOPICFILTER_CLIENTID_VARIABLE",
                     f'"{arn.raw}": a client connecting with id "+" or "#" subscribes to a wildcard filter; restrict iot:Connect',
                     "LOW",
                 )
-    for action, code in (("iot:publish", "PUBLISH_ALL_TOPICS"), ("iot:receive", "RECEIVE_ALL_TOPICS")):
+    for action in ("iot:publish", "iot:receive"):
         if action not in covered:
             continue
         for arn in resources:
             m = _part_matcher(arn)
-            if m.match("topic/" + _PROBE):
-                add(code, f'"{arn.raw}" allows {action} on every topic', "HIGH" if action == "iot:publish" else "LOW")
-            elif action == "iot:publish" and m.match("topic/$aws/things/" + _PROBE + "/shadow/update"):
-                add("PUBLISH_ANY_THING", f'"{arn.raw}" allows publishing to reserved topics of every thing', "HIGH")
+            for found, text, severity in overly_permissive(action, lambda r, m=m: bool(m.match(r))):
+                add(found, f'"{arn.raw}" {text}', severity)
     if any(a in covered for a in _THING_ACTIONS):
         for arn in resources:
             if _part_matcher(arn).match("thing/" + _PROBE):

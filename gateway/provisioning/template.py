@@ -449,10 +449,13 @@ def _policy(logical: str, props: Mapping, where: str) -> PolicyResource:
 
 
 def certificate_parameters(cert, certificate_id: str) -> dict[str, str]:
-    """What JITP extracts from a device certificate (a cryptography x509.Certificate), by parameter name."""
+    """What JITP extracts from a device certificate's subject (a cryptography x509.Certificate), by parameter name:
+    only the attributes the subject has (SerialNumber is the subject's serialNumber attribute, not the certificate's
+    serial), and the certificate id."""
     from cryptography.x509.oid import NameOID
 
     fields = {
+        "AWS::IoT::Certificate::SerialNumber": NameOID.SERIAL_NUMBER,
         "AWS::IoT::Certificate::Country": NameOID.COUNTRY_NAME,
         "AWS::IoT::Certificate::Organization": NameOID.ORGANIZATION_NAME,
         "AWS::IoT::Certificate::OrganizationalUnit": NameOID.ORGANIZATIONAL_UNIT_NAME,
@@ -465,6 +468,5 @@ def certificate_parameters(cert, certificate_id: str) -> dict[str, str]:
         attrs = cert.subject.get_attributes_for_oid(oid)
         if attrs:
             out[name] = str(attrs[0].value)
-    out["AWS::IoT::Certificate::SerialNumber"] = str(cert.serial_number)
     out["AWS::IoT::Certificate::Id"] = certificate_id
     return out

@@ -27,6 +27,7 @@ from .model import (
     Policy,
     PolicyVersion,
     ProvisionItem,
+    ProvisioningTemplate,
     Snapshot,
     Thing,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "Policy",
     "PolicyVersion",
     "ProvisionItem",
+    "ProvisioningTemplate",
     "Registry",
     "RegistryError",
     "Snapshot",

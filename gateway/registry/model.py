@@ -125,6 +125,23 @@ class AccessKey:
 
 
 @dataclass(frozen=True, slots=True)
+class ProvisioningTemplate:
+    """A provisioning template (AWS IoT's CreateProvisioningTemplate): FLEET_PROVISIONING or JITP. ``version``
+    goes up with each new body."""
+
+    name: str
+    template_type: str
+    body: str
+    description: str
+    enabled: bool
+    role_arn: str | None
+    pre_provisioning_hook: dict[str, str] | None = field(hash=False)
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class ProvisionItem:
     """One device of a batch: a new thing, its new certificate, and the policies to attach."""
 

@@ -6,8 +6,9 @@ from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
-# 2: custom authorizers and SigV4 access keys; 3: the change log (each version's tables are added in place)
-SCHEMA_VERSION = 3
+# 2: custom authorizers and SigV4 access keys; 3: the change log; 4: provisioning templates and CA registration
+# configs (tables in templates.py). Each version's tables are added in place.
+SCHEMA_VERSION = 4
 
 
 class UTCDateTime(sa.TypeDecorator):

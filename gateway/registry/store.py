@@ -41,6 +41,7 @@ from .errors import (
 )
 from .model import CA, Certificate, Policy, PolicyVersion, ProvisionItem, Snapshot, Thing
 from .principals import PrincipalTables
+from .templates import TemplateTables
 
 log = logging.getLogger("gateway.registry")
 
@@ -152,7 +153,7 @@ _POLICY_SELECT = (
 )
 
 
-class Registry(PrincipalTables):
+class Registry(PrincipalTables, TemplateTables):
     """Things, CAs, certificates, policies and attachments; custom authorizers and SigV4 access keys
     (`PrincipalTables`). Open with `Registry.open(url)`."""
 

@@ -24,6 +24,8 @@ Adding a service (fleet provisioning is one) takes three steps:
 
     hub.dispatcher.register(ProvisioningService(store))   # in ServiceHub.__init__ (gateway.services.runtime)
 
+The hub holds the registry (``hub.registry``: things, certificates, policies) and publishes events no request
+asked for (``hub.publish(Message(...))``, on the loop: `$aws/events/certificates/registered/<caId>` is one).
 ``handle`` runs on the services' one worker thread, in arrival order, and may use the registry database
 (``store.ServiceStore`` for tables of its own, created on first use; the registry itself for things,
 certificates and policies). Bad input is answered on the ``/rejected`` topic, never raised; an exception is

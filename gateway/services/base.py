@@ -17,6 +17,7 @@ class Caller:
     principal_id: str | None  # AWS's principalIdentifier: the certificate id, or "authorizer:NAME" / "key:AKID"
     thing: str | None  # the thing attached to the principal whose name is the client id (else None)
     source_ip: str = ""
+    connection: int | None = None  # the requesting connection, for answers to it alone (Message.to)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -29,10 +30,12 @@ class Request:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Message:
-    """A publish the gateway makes: delivered to every subscriber the policy engine allows (iot:Receive)."""
+    """A publish the gateway makes: delivered to every subscriber the policy engine allows (iot:Receive), or with
+    ``to`` (a Caller.connection) to that connection alone, still decided by iot:Receive there."""
 
     topic: str
     payload: bytes
+    to: int | None = None
 
 
 class Service(Protocol):
@@ -47,6 +50,9 @@ class Service(Protocol):
     filters: Sequence[str]
 
     def handle(self, request: Request) -> list[Message]: ...
+
+    # Optional: ``throttled(request) -> list[Message]``, the answer (on the loop, without I/O) to a request
+    # refused because its connection has too many unanswered (AWS: 429 for the Device Shadow service).
 
 
 class Dispatcher:

@@ -62,6 +62,19 @@ class JobsService:
             out.append(Message(topic, orjson.dumps(doc)))
         return out
 
+    def throttled(self, request: Request) -> list[Message]:
+        if parse_topic(request.topic) is None:
+            return []
+        doc = {"code": "RequestThrottled", "message": "too many requests in flight on this connection",
+               "timestamp": int(request.now)}
+        try:
+            token = orjson.loads(request.payload).get("clientToken")
+        except (orjson.JSONDecodeError, AttributeError):
+            token = None
+        if isinstance(token, str):
+            doc["clientToken"] = token
+        return [Message(request.topic + "/rejected", orjson.dumps(doc))]
+
     # ------------------------------------------------------------------ operator side
 
     def create(self, job_id: str, document: bytes, targets: list[str], *, description: str | None = None,

@@ -23,10 +23,13 @@ from gateway.mqtt import Connect, Framer, MQTTProtocolError, PacketType, Publish
 from gateway.services.base import Caller, Dispatcher, Message, Request
 from gateway.services.jobs_service import JobsService
 from gateway.services.lifecycle import Presence, connected, disconnected, subscriptions
+from gateway.services.provisioning import ProvisioningService
 from gateway.services.shadow_service import ShadowService
 from gateway.services.store import ServiceStore
 
 PINGREQ = b"\xc0\x00"
+MAX_INFLIGHT_PER_CONNECTION = 10  # AWS: more in-flight Device Shadow requests on one connection are refused (429)
+MAX_INFLIGHT = 10_000  # for the whole gateway: beyond it requests are refused the same way
 
 
 class _LinkProtocol(asyncio.Protocol):
@@ -75,6 +78,7 @@ class ServiceLink:
 
     async def run(self) -> None:
         delay = 0.1
+        failing = False
         loop = asyncio.get_running_loop()
         while True:
             self._connack = loop.create_future()
@@ -92,12 +96,18 @@ class ServiceLink:
                 self._close()
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure: retry with backoff
-                self._log(f"cannot reach the broker ({exc or type(exc).__name__}); retrying")
+                if not failing:  # once per outage, not once per attempt
+                    self._log(f"cannot reach the broker ({exc or type(exc).__name__}); retrying, replies and "
+                              f"events wait (at most {self.queue.maxlen})")
+                failing = True
                 self._close()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             delay = 0.1
+            if failing:
+                self._log("connected again")
+            failing = False
             self.connected.set()
             while self.queue:
                 self._transport.write(self.queue.popleft())
@@ -138,11 +148,18 @@ class ServiceHub:
     ``disconnected`` from connections, ``run`` as one of its tasks."""
 
     def __init__(self, registry, connector, *, clock: Callable[[], float] = time.time,
-                 on_error: Callable[[str, BaseException], None] | None = None, outbox_interval: float = 0.25) -> None:
+                 on_error: Callable[[str, BaseException], None] | None = None, outbox_interval: float = 0.25,
+                 issuer: Callable[[], object] | None = None, deliver: Callable[[int, str, bytes], None] | None = None,
+                 account: str = "123456789012", region: str = "us-east-1") -> None:
+        self.registry = registry  # for services that create things, certificates, policies
         self.store = ServiceStore.of(registry)
         self.shadow = ShadowService(self.store)
         self.jobs = JobsService(self.store)
         self.dispatcher = Dispatcher([self.shadow, self.jobs])
+        if issuer is not None and deliver is not None:  # fleet provisioning answers its requester alone
+            self.dispatcher.register(ProvisioningService(registry, self.store, issuer, account=account,
+                                                         region=region))
+        self._deliver = deliver
         self.link = ServiceLink(connector)
         self.clock = clock
         self.outbox_interval = outbox_interval
@@ -151,23 +168,47 @@ class ServiceHub:
         self._presence: dict[int, Presence] = {}  # touched on the worker thread only
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._inflight: dict[int, int] = {}  # connection key -> requests not yet answered
+        self._inflight_total = 0
         self.requests = 0
+        self.throttled = 0
 
     def serves(self, topic: str) -> bool:
         return self.dispatcher.serves(topic)
 
+    def publish(self, message: Message) -> None:
+        """Publish a message of the gateway's own (an event no request asked for), on the loop."""
+        self.link.publish(message.topic, message.payload)
+
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await self._loop.run_in_executor(self._executor, self.store.ensure)
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.link.run(), name="iotgate-services-link")
-                tg.create_task(self._drain_outbox(), name="iotgate-services-outbox")
+                tg.create_task(self._supervise("services link", self.link.run), name="iotgate-services-link")
+                tg.create_task(self._supervise("services outbox", self._drain_outbox), name="iotgate-services-outbox")
         finally:
             self._closed = True
             self._executor.shutdown(wait=False, cancel_futures=True)
 
+    async def _supervise(self, what: str, part) -> None:
+        """Run ``part`` until cancelled; a bug in it is logged and the part starts again (a second later)."""
+        while True:
+            try:
+                await part()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the gateway serves on; the part is restarted
+                self._on_error(what, exc)
+            await asyncio.sleep(1.0)
+
     async def _drain_outbox(self) -> None:
+        while True:  # the tables first: the registry may be away when the gateway starts
+            try:
+                await self._loop.run_in_executor(self._executor, self.store.ensure)
+                break
+            except Exception as exc:  # noqa: BLE001
+                self._on_error("services tables", exc)
+                await asyncio.sleep(2.0)
         while True:
             await asyncio.sleep(self.outbox_interval)
             await self.link.connected.wait()  # taken only when they can be published at once
@@ -181,9 +222,30 @@ class ServiceHub:
 
     # ------------------------------------------------------------------ from connections (on the loop)
 
-    def request(self, caller: Caller, topic: str, payload: bytes) -> None:
+    def request(self, key: int, caller: Caller, topic: str, payload: bytes) -> None:
+        if self._closed or self._loop is None:
+            return
         self.requests += 1
-        self._submit(self._handle, Request(caller, topic, payload, self.clock()))
+        request = Request(caller, topic, payload, self.clock())
+        pending = self._inflight.get(key, 0)
+        if pending >= MAX_INFLIGHT_PER_CONNECTION or self._inflight_total >= MAX_INFLIGHT:
+            self.throttled += 1
+            service = self.dispatcher.route(topic)
+            refuse = getattr(service, "throttled", None)
+            for message in (refuse(request) if refuse is not None else ()):
+                self.link.publish(message.topic, message.payload)
+            return
+        self._inflight[key] = pending + 1
+        self._inflight_total += 1
+        future = self._loop.run_in_executor(self._executor, self._handle, request)
+        future.add_done_callback(lambda f: self._answered(key, f))
+
+    def _answered(self, key: int, future: asyncio.Future) -> None:
+        left = self._inflight.pop(key, 1) - 1
+        if left > 0:
+            self._inflight[key] = left
+        self._inflight_total -= 1
+        self._publish(future)
 
     def connected(self, key: int, caller: Caller) -> None:
         self._submit(self._connected, key, caller, self.clock())
@@ -208,7 +270,11 @@ class ServiceHub:
             self._on_error("services worker", exc)
             return
         for message in future.result():
-            self.link.publish(message.topic, message.payload)
+            if message.to is not None:
+                if self._deliver is not None:
+                    self._deliver(message.to, message.topic, message.payload)
+            else:
+                self.link.publish(message.topic, message.payload)
 
     # ------------------------------------------------------------------ on the worker thread
 

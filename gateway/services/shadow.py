@@ -44,6 +44,7 @@ MESSAGES = {
     "conflict": (409, "Version conflict"),
     "too_large": (413, "The payload exceeds the maximum size allowed"),
     "encoding": (415, "Unsupported documented encoding; supported encoding is UTF-8"),
+    "throttled": (429, "Too Many Requests"),
     "internal": (500, "Internal service failure"),
 }
 
@@ -343,8 +344,8 @@ def get(current: Shadow, payload: bytes, now: int, name: str = "") -> Outcome:
     except ShadowError as exc:
         return Outcome(None, (("rejected", rejected(exc, now)),))
     if not current.exists:
-        return Outcome(None, (("rejected", rejected(ShadowError("not_found", message=_missing(name), client_token=token),
-                                                    now)),))
+        missing = ShadowError("not_found", message=_missing(name), client_token=token)
+        return Outcome(None, (("rejected", rejected(missing, now)),))
     return Outcome(None, (("accepted", current.document(now, token)),))
 
 
@@ -355,8 +356,8 @@ def delete(current: Shadow, payload: bytes, now: int, name: str = "") -> Outcome
     except ShadowError as exc:
         return Outcome(None, (("rejected", rejected(exc, now)),))
     if not current.exists:
-        return Outcome(None, (("rejected", rejected(ShadowError("not_found", message=_missing(name), client_token=token),
-                                                    now)),))
+        missing = ShadowError("not_found", message=_missing(name), client_token=token)
+        return Outcome(None, (("rejected", rejected(missing, now)),))
     if version is not None and version != current.version:
         return Outcome(None, (("rejected", rejected(ShadowError("conflict", client_token=token), now)),))
     gone = Shadow(version=current.version, exists=False)

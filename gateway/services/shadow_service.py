@@ -60,6 +60,16 @@ class ShadowService:
         outcome = self.run(thing, name, op, request.payload, int(request.now))
         return messages(shadow_prefix(thing, name), op, outcome)
 
+    def throttled(self, request: Request) -> list[Message]:
+        parsed = parse_topic(request.topic)
+        if parsed is None:
+            return []
+        thing, name, op = parsed
+        token = _token(request.payload)
+        error = core.ShadowError("throttled", client_token=token)
+        return messages(shadow_prefix(thing, name), op, core.Outcome(None, (("rejected", core.rejected(
+            error, int(request.now))),)))
+
     def run(self, thing: str, name: str, op: str, payload: bytes, now: int, *, outbox: bool = False):
         """One operation in one transaction; ``outbox``: its messages are left for a gateway to publish."""
         with self.store.write() as conn:
@@ -88,3 +98,11 @@ def messages(prefix: str, op: str, outcome: core.Outcome) -> list[Message]:
             topic = f"{prefix}/update/{suffix}"
         out.append(Message(topic, orjson.dumps(doc)))
     return out
+
+
+def _token(payload: bytes) -> str | None:
+    try:
+        token = orjson.loads(payload).get("clientToken")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return token if isinstance(token, str) and len(token.encode()) <= core.MAX_CLIENT_TOKEN_BYTES else None

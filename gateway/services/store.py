@@ -28,6 +28,7 @@ from gateway.services.jobs import Execution
 from gateway.services.shadow import Shadow
 
 metadata = sa.MetaData()
+_ADVISORY_LOCK_KEY = 0x696F_7467_7376_6373  # "iotgsvcs": creating the service tables
 
 shadows = sa.Table(
     "shadows",
@@ -71,6 +72,24 @@ job_executions = sa.Table(
     sa.Index("job_executions_thing", "thing"),
 )
 
+# Static thing groups (the targets of a job); a thing may be in several.
+thing_groups = sa.Table(
+    "thing_groups",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("description", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+thing_group_members = sa.Table(
+    "thing_group_members",
+    metadata,
+    sa.Column("group_name", sa.String(128), sa.ForeignKey("thing_groups.name", name="thing_group_members_group_fk",
+                                                          ondelete="CASCADE"), primary_key=True),
+    sa.Column("thing", sa.String(128), primary_key=True),
+    sa.Index("thing_group_members_thing", "thing"),
+)
+
 client_versions = sa.Table(
     "lifecycle_versions",
     metadata,
@@ -103,6 +122,8 @@ class ServiceStore:
     def ensure(self) -> None:
         if not self._ready:
             with self._conn() as conn:
+                if self.backend == "postgresql":  # gateways starting together: one creates, the others wait
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_ADVISORY_LOCK_KEY)))
                 metadata.create_all(conn, checkfirst=True)
             self._ready = True
 

@@ -33,16 +33,16 @@ def _own_authorities(app: AppContext) -> dict[str, CertificateAuthority]:
 
 
 def _templates(registry) -> list[aws_sync.LocalTemplate]:
-    lister = getattr(registry, "list_provisioning_templates", None)
-    if lister is None:
-        return []
+    lister = registry.list_provisioning_templates
+    # a local hook (a program or a loopback URL) means nothing to AWS IoT: only a Lambda ARN is mirrored
     return [aws_sync.LocalTemplate(t.name, t.body, t.enabled, t.description, t.role_arn, t.template_type,
-                                   t.pre_provisioning_hook) for t in lister()]
+                                   t.pre_provisioning_hook if (t.pre_provisioning_hook or {}).get(
+                                       "targetArn", "").startswith("arn:") else None)
+            for t in lister()]
 
 
 def _ca_templates(registry) -> dict[str, tuple[str, str | None]]:
-    getter = getattr(registry, "ca_registration_configs", None)
-    return getter() if getter is not None else {}
+    return registry.ca_registration_configs()
 
 
 @aws.command("sync")

@@ -31,16 +31,61 @@ def list_(app: AppContext, as_json: bool) -> None:
     if as_json:
         emit_json([ca_json(r) for r in rows])
         return
-    emit_table(f"{len(rows)} CA(s)", ["CA id", "status", "subject", "own"],
-               ((r.ca_id, r.status, r.subject, "yes" if r.is_own else "no") for r in rows))
+    emit_table(f"{len(rows)} CA(s)", ["CA id", "status", "subject", "own", "auto-registration"],
+               ((r.ca_id, r.status, r.subject, "yes" if r.is_own else "no", "yes" if r.auto_registration else "no")
+                for r in rows))
+
+
+def _registration_options(command):
+    for option in reversed([
+        click.option("--template", "template", metavar="NAME",
+                     help="JITP: provision unknown certificates with this JITP template (`iotgate template create "
+                          "NAME FILE --type JITP`)."),
+        click.option("--template-body", "template_body", type=click.Path(dir_okay=False, path_type=Path),
+                     metavar="FILE", help="JITP: provision unknown certificates with this template (JSON file)."),
+        click.option("--role-arn", help="Kept for `iotgate aws sync` (AWS's registrationConfig roleArn)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _template_body(template_body: Path | None) -> str | None:
+    if template_body is None:
+        return None
+    from gateway.provisioning.template import TemplateError, parse
+
+    try:
+        text = template_body.read_text()
+    except FileNotFoundError:
+        raise ProvisioningError(f"{template_body}: file not found") from None
+    try:
+        parse(text)
+    except TemplateError as exc:
+        raise ProvisioningError(f"{template_body}: {exc}") from None
+    return text
+
+
+def _mode(auto: bool, template: str | None, body: str | None) -> str:
+    if not auto:
+        return "no auto-registration"
+    return f"auto-registration, JITP with template {template}" if template else \
+        "auto-registration, JITP with its template body" if body else "auto-registration (JITR)"
 
 
 @ca.command("register")
 @click.argument("ca_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--status", type=click.Choice(["ACTIVE", "INACTIVE"]), default="ACTIVE", show_default=True)
+@click.option("--auto-registration", is_flag=True,
+              help="Register unknown device certificates it issued when they first connect (JITR: "
+                   "PENDING_ACTIVATION; JITP with --template or --template-body).")
+@_registration_options
 @pass_app
-def register(app: AppContext, ca_file: Path, status: str) -> None:
+def register(app: AppContext, ca_file: Path, status: str, auto_registration: bool, template: str | None,
+             template_body: Path | None, role_arn: str | None) -> None:
     """Register an external CA certificate (PEM), so certificates it issued can be registered and connect."""
+    if (template or template_body) and not auto_registration:
+        raise click.UsageError("--template and --template-body need --auto-registration")
+    body = _template_body(template_body)
     try:
         data = ca_file.read_bytes()
     except FileNotFoundError:
@@ -58,8 +103,33 @@ def register(app: AppContext, ca_file: Path, status: str) -> None:
         pass
     else:
         raise ProvisioningError(f"{ca_file}: CA {cid} is already registered")
+    if template is not None:
+        registry.get_provisioning_template(template)  # refused before anything is written
     registry.register_ca(cid, cert_pem(cert).decode(), cert.subject.rfc4514_string(), status=status)
-    console.print(f"CA {cid} registered ({status}): {cert.subject.rfc4514_string()}")
+    if auto_registration:
+        registry.set_ca_registration(cid, auto_registration=True, template_body_text=body, template=template,
+                                     role_arn=role_arn)
+    console.print(f"CA {cid} registered ({status}, {_mode(auto_registration, template, body)}): "
+                  f"{cert.subject.rfc4514_string()}", soft_wrap=True)
+
+
+@ca.command("update")
+@click.argument("ca_id")
+@click.option("--auto-registration/--no-auto-registration", required=True,
+              help="Turn auto-registration of unknown device certificates on or off (AWS's autoRegistrationStatus).")
+@_registration_options
+@pass_app
+def update(app: AppContext, ca_id: str, auto_registration: bool, template: str | None, template_body: Path | None,
+           role_arn: str | None) -> None:
+    """Set a CA's auto-registration and registration config (JITR without a template, JITP with one)."""
+    if (template or template_body) and not auto_registration:
+        raise click.UsageError("--template and --template-body need --auto-registration")
+    body = _template_body(template_body)
+    registry = app.registry()
+    row = registry.get_ca(ca_id)
+    registry.set_ca_registration(row.ca_id, auto_registration=auto_registration, template_body_text=body,
+                                 template=template, role_arn=role_arn)
+    console.print(f"CA {row.ca_id}: {_mode(auto_registration, template, body)}")
 
 
 def _set_status(app: AppContext, ca_id: str, status: str) -> None:

@@ -49,13 +49,45 @@ def fleet() -> None:
 @click.option("--days", type=click.IntRange(min=1), default=365, show_default=True, help="Certificate validity.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--by-claim", is_flag=True,
+              help="Onboard through fleet provisioning by claim instead: each device connects with the claim "
+                   "certificate and gets its own identity from the endpoint (the gateway or AWS IoT Core).")
+@click.option("--claim-cert", type=click.Path(dir_okay=False, path_type=Path), help="--by-claim: claim certificate.")
+@click.option("--claim-key", type=click.Path(dir_okay=False, path_type=Path), help="--by-claim: its private key.")
+@click.option("--template", "template", metavar="NAME", help="--by-claim: the fleet provisioning template.")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="--by-claim: a template parameter (repeatable); {thing} and {n} are the device's name and number.")
+@click.option("--endpoint", default="localhost:8883", show_default=True, metavar="HOST:PORT",
+              help="--by-claim: where to connect (HOST is also the TLS server name).")
+@click.option("--ca-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="--by-claim: CA of the endpoint's certificate (default: the home's root-ca.pem).")
+@click.option("--server-keys", is_flag=True,
+              help="--by-claim: CreateKeysAndCertificate (the endpoint makes the key) instead of "
+                   "CreateCertificateFromCsr (the key never leaves the device).")
 @pass_app
-def provision(app: AppContext, count: int, prefix: str, start: int, policy: str | None, key_type: str, days: int,
-              workers: int | None, as_json: bool) -> None:
+@click.pass_context
+def provision(ctx: click.Context, app: AppContext, count: int, prefix: str, start: int, policy: str | None,
+              key_type: str, days: int, workers: int | None, as_json: bool, by_claim: bool, claim_cert: Path | None,
+              claim_key: Path | None, template: str | None, params: tuple[str, ...], endpoint: str,
+              ca_file: Path | None, server_keys: bool) -> None:
     """Make a key + CSR per device, sign it, write devices/<thing>/ and register thing, certificate and policy.
 
     Re-running is safe: things already registered are skipped and a half-finished run is completed.
+    With --by-claim the devices onboard themselves through the endpoint's fleet provisioning API instead.
     """
+    claim_only = ("claim_cert", "claim_key", "template", "params", "ca_file", "server_keys", "endpoint")
+    given = {name for name in ctx.params if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
+    if by_claim:
+        local_only = sorted(given & {"policy", "key_type", "days", "workers"})
+        if local_only:
+            raise click.UsageError(f"--{local_only[0].replace('_', '-')} does not apply to --by-claim (the template "
+                                   "decides policies; the device makes an EC P-256 key)")
+        _provision_by_claim(app, count, prefix, start, claim_cert, claim_key, template, params, endpoint, ca_file,
+                            server_keys, as_json)
+        return
+    stray = sorted(given & set(claim_only))
+    if stray:
+        raise click.UsageError(f"--{stray[0].replace('_', '-')} needs --by-claim")
     app.require_home()
     store = app.store
     issuer = app.issuer()
@@ -89,6 +121,54 @@ def provision(app: AppContext, count: int, prefix: str, start: int, policy: str 
     console.print(f"{report.issued} device(s) issued, {report.skipped} already present, "
                   f"in {report.seconds:.1f} s ({rate:,.0f}/s, {workers} worker(s)); policy {policy_name}")
     console.print(f"identities in {store.paths.devices}/<thing>/ (device.pem, device.key 0600, root-ca.pem)")
+
+
+def _provision_by_claim(app: AppContext, count: int, prefix: str, start: int, claim_cert: Path | None,
+                        claim_key: Path | None, template: str | None, params: tuple[str, ...], endpoint: str,
+                        ca_file: Path | None, server_keys: bool, as_json: bool) -> None:
+    from devices.fleet_claim import check_claim_files, provision_by_claim
+
+    missing = [name for name, value in (("--claim-cert", claim_cert), ("--claim-key", claim_key),
+                                        ("--template", template)) if value is None]
+    if missing:
+        raise click.UsageError(f"--by-claim needs {', '.join(missing)}")
+    host, sep, port_text = endpoint.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise click.BadParameter(f"{endpoint!r} is not HOST:PORT", param_hint="--endpoint")
+    pairs = {}
+    for value in params:
+        name, sep, text = value.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{value!r} is not NAME=VALUE", param_hint="--param")
+        pairs[name] = text
+    check_claim_files(claim_cert, claim_key)
+    app.require_home()
+    ca = ca_file or app.store.paths.root_cert
+    if not Path(ca).is_file():
+        raise click.BadParameter(f"{ca}: file not found", param_hint="--ca-file")
+    done = []
+    for thing in thing_names(prefix, count, start):
+        n = thing[len(prefix):]
+        values = {k: v.replace("{thing}", thing).replace("{n}", n) for k, v in pairs.items()}
+        try:
+            result = provision_by_claim(endpoint=host, port=int(port_text), ca_file=str(ca), claim_cert=str(claim_cert),
+                                        claim_key=str(claim_key), template=template, parameters=values,
+                                        devices_dir=app.store.paths.devices, client_id=thing,
+                                        own_key=not server_keys)
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted: {len(done)} of {count} device(s) onboarded") from None
+        except IotgateError as exc:
+            exc.add_note(f"{len(done)} of {count} device(s) were onboarded before this one ({thing})")
+            raise
+        done.append(result)
+        if not as_json:
+            console.print(f"{result.thing}: certificate {result.certificate_id[:16]}..., {result.directory}",
+                          markup=False)
+    if as_json:
+        emit_json([{"thingName": r.thing, "certificateId": r.certificate_id, "directory": str(r.directory),
+                    "deviceConfiguration": dict(r.device_configuration)} for r in done])
+        return
+    console.print(f"{len(done)} device(s) onboarded by claim through {endpoint} with template {template}")
 
 
 # --------------------------------------------------------------------------------------------- run

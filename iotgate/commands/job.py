@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from gateway.services.groups import ThingGroups
 from gateway.services.jobs_service import JobsService
 from gateway.services.store import ServiceStore
 from iotgate.context import AppContext, console, emit_json, emit_table, json_option, pass_app
@@ -30,21 +31,31 @@ def job() -> None:
 @click.argument("job_id")
 @click.option("--document", "document", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The job document (a JSON object, at most 32 KB).")
-@click.option("--targets", required=True, metavar="THING,...", help="Comma-separated thing names.")
+@click.option("--targets", metavar="THING,...", help="Comma-separated thing names.")
+@click.option("--thing-group", "groups", multiple=True, metavar="G",
+              help="Target the things of this group as they are now (repeatable; see `iotgate thing-group`).")
 @click.option("--description", help="A description of the job.")
 @click.option("--timeout-minutes", type=click.IntRange(1, 10080),
               help="In-progress timeout: an execution IN_PROGRESS longer than this becomes TIMED_OUT.")
 @click.option("--unregistered-ok", is_flag=True, help="Accept targets that are not things in the registry.")
 @json_option
 @pass_app
-def create(app: AppContext, job_id: str, document: Path, targets: str, description: str | None,
-           timeout_minutes: int | None, unregistered_ok: bool, as_json: bool) -> None:
-    """Create a job with one QUEUED execution per target thing."""
+def create(app: AppContext, job_id: str, document: Path, targets: str | None, groups: tuple[str, ...],
+           description: str | None, timeout_minutes: int | None, unregistered_ok: bool, as_json: bool) -> None:
+    """Create a job with one QUEUED execution per target thing (--targets and/or --thing-group)."""
+    if not targets and not groups:
+        raise click.UsageError("name the job's targets: --targets THING,... and/or --thing-group G")
     try:
         data = document.read_bytes()
     except OSError as exc:
         raise click.BadParameter(f"{document}: {exc.strerror}", param_hint="--document") from None
-    things = [t.strip() for t in targets.split(",") if t.strip()]
+    things = [t.strip() for t in (targets or "").split(",") if t.strip()]
+    group_store = ThingGroups(ServiceStore.of(app.registry()))
+    for group in groups:
+        members = group_store.members(group)
+        if not members:
+            raise click.BadParameter(f"thing group {group} has no things", param_hint="--thing-group")
+        things += members
     if not unregistered_ok:
         missing = sorted(set(things) - app.registry().existing_things(things))
         if missing:

@@ -132,3 +132,12 @@ def test_without_credentials_or_region_the_sync_says_what_to_set(pki_cli, monkey
     monkeypatch.setenv("AWS_ENDPOINT_URL_IOT", "http://127.0.0.1:9")
     r = pki_cli("aws", "sync", "--dry-run", "--region", REGION, expect=1)
     assert "no AWS credentials" in r.err
+
+
+def test_templates_are_skipped_with_why_where_the_endpoint_lacks_their_api(pki_cli, account, tmp_path):
+    (tmp_path / "t.json").write_text(json.dumps({"Resources": {"p": {"Type": "AWS::IoT::Policy",
+                                                                     "Properties": {"PolicyName": "iotgate-device"}}}}))
+    pki_cli("template", "create", "fleet", str(tmp_path / "t.json"), "--role-arn", "arn:aws:iam::123456789012:role/p")
+    r = pki_cli("aws", "sync", "--dry-run")
+    # moto serves no provisioning-template API: the sync says so instead of failing or claiming success
+    assert "- skipped 1 provisioning template(s): the endpoint does not serve the provisioning-template API" in r.out

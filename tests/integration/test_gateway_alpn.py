@@ -70,3 +70,40 @@ def test_the_aws_iot_device_sdk_connects_with_its_port_443_alpn(gateway, fleet):
     connection.disconnect().result(WAIT)
     event = gateway.events.wait_for(event="connect", client_id=thing, decision="allowed")
     assert event["thing"] == thing
+
+
+def test_the_sdks_default_port_path_on_port_443(fleet, broker):
+    """`mqtt_connection_builder.mtls_from_path` without a port: the SDK dials 443 and offers x-amzn-mqtt-ca. Runs
+    where this test may bind 127.0.0.1:443 (root, or CAP_NET_BIND_SERVICE) and the port is free; skipped otherwise."""
+    import errno
+
+    from awsiot import mqtt_connection_builder
+
+    from gateway.config import GatewayConfig, Limits
+    from gateway.server import GatewayThread
+    from tests.integration.conftest import TEST_LIMITS
+
+    probe = socket.socket()
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", 443))
+    except OSError as exc:
+        why = "port 443 is privileged here (not root, no CAP_NET_BIND_SERVICE)" if exc.errno == errno.EACCES \
+            else f"127.0.0.1:443 is not free ({exc.strerror})"
+        pytest.skip(why)
+    finally:
+        probe.close()
+    thing, files, _ = fleet.device("port443")
+    cfg = GatewayConfig(home=fleet.home, registry=fleet.url, host="127.0.0.1", port=443, upstream=broker.config.url,
+                        access_log=None, limits=Limits(**TEST_LIMITS))
+    running = GatewayThread(cfg).start()
+    try:
+        connection = mqtt_connection_builder.mtls_from_path(
+            endpoint="localhost", cert_filepath=str(files.cert), pri_key_filepath=str(files.key),
+            ca_filepath=str(files.root_ca), client_id=thing, clean_session=True, keep_alive_secs=30,
+            enable_metrics_collection=False)
+        assert connection.port == 443
+        connection.connect().result(WAIT)
+        connection.disconnect().result(WAIT)
+    finally:
+        running.stop()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 
+import orjson
 import pytest
 
 from gateway.mqtt import Connect, Disconnect, ReasonCode, encode
 from gateway.upstream.link import UpstreamConnector, UpstreamError, parse_upstream_url
-from gateway.upstream.mosquitto import free_port
+from gateway.upstream.mosquitto import MosquittoProcess, free_port
 
 from .conftest import Device, start_broker, start_gateway
 
@@ -94,6 +95,10 @@ def test_unix_socket_upstream_with_the_gateways_own_password(fleet, own_gateway,
         assert sub.subscribe("room/unix") == [1]
         assert pub.publish("room/unix", b"over the socket", qos=1) == 0
         assert sub.message().payload == b"over the socket"
+        # The services' own link authenticates the same way: their answers come back over the socket too.
+        assert sub.subscribe(f"$aws/things/{a}/shadow/get/rejected") == [1]
+        assert sub.publish(f"$aws/things/{a}/shadow/get", b"{}", qos=1) == 0
+        assert orjson.loads(sub.message().payload)["code"] == 404
     finally:
         broker.stop()
 
@@ -248,3 +253,24 @@ def test_a_device_certificate_named_like_the_gateway_cannot_reach_the_broker(fle
         assert gateway_client.connect() == 0
     finally:
         gateway_client.close()
+
+
+def test_services_link_comes_back_with_the_broker(fleet, own_gateway, own_devices, tmp_path, wait):
+    broker = start_broker(fleet, tmp_path / "broker")
+    try:
+        running = own_gateway(broker.config.url)
+        link = running.gateway.services.link
+        wait(link.connected.is_set)
+        broker.kill()
+        wait(lambda: not link.connected.is_set())
+        broker = MosquittoProcess(broker.config).start()  # the same port and configuration
+        wait(link.connected.is_set, timeout=10)
+        (a, a_files, _), = (fleet.device("relink"),)
+        running.sync(fleet.registry)
+        device = own_devices(a_files, a, running.port, version=5)
+        assert device.connect() == 0
+        assert device.subscribe(f"$aws/things/{a}/shadow/get/rejected") == [1]
+        assert device.publish(f"$aws/things/{a}/shadow/get", b"{}", qos=1) == 0
+        assert orjson.loads(device.message().payload)["code"] == 404
+    finally:
+        broker.stop()

@@ -17,7 +17,7 @@ from awsiot import iotjobs, iotshadow, mqtt_connection_builder
 
 from gateway.registry.errors import AlreadyExists
 from iotgate.cli import main
-from tests.integration.conftest import start_gateway
+from .conftest import start_gateway
 
 WAIT = 5.0
 QOS = mqtt.QoS.AT_LEAST_ONCE
@@ -39,7 +39,8 @@ SERVICES_POLICY = """{
 EVENTS_POLICY = """{
   "Version": "2012-10-17",
   "Statement": [
-    {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
+    {"Effect": "Allow", "Action": "iot:Connect",
+     "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
     {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/$aws/events/*"},
     {"Effect": "Allow", "Action": "iot:Receive", "Resource": "arn:aws:iot:*:*:topic/$aws/events/*"}
   ]
@@ -60,7 +61,8 @@ READ_ONLY_POLICY = """{
 DEAF_POLICY = """{
   "Version": "2012-10-17",
   "Statement": [
-    {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
+    {"Effect": "Allow", "Action": "iot:Connect",
+     "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
     {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/$aws/events/*"}
   ]
 }"""
@@ -69,7 +71,8 @@ DEAF_POLICY = """{
 SHADOW_OPERATOR_POLICY = """{
   "Version": "2012-10-17",
   "Statement": [
-    {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
+    {"Effect": "Allow", "Action": "iot:Connect",
+     "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
     {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"], "Resource": "arn:aws:iot:*:*:topic/$aws/things/*"},
     {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/$aws/things/*"}
   ]
@@ -139,7 +142,7 @@ def subscribed(pair) -> None:
 
 # --------------------------------------------------------------------------------------------- Device Shadow
 
-def test_shadow_get_update_delta_delete_with_versions(connect):
+def test_shadow_get_update_delta_delete_with_versions(connect, gateway):
     thing, conn, _ = connect("shadow")
     client = iotshadow.IotShadowClient(conn)
     inbox = Inbox()
@@ -217,6 +220,8 @@ def test_shadow_get_update_delta_delete_with_versions(connect):
     client.publish_update_shadow(iotshadow.UpdateShadowRequest(
         state=iotshadow.ShadowState(reported={"color": "green"}), **s), QOS).result(WAIT)
     assert inbox.get("update").version == 4
+    messages = gateway.call(gateway.gateway.stats)["messages"]
+    assert messages["service_requests"] >= 9 and messages["service_published"] >= 12
 
 
 def test_named_shadow_and_bad_requests(connect):
@@ -512,3 +517,37 @@ def test_lifecycle_events_field_by_field(connect, fleet, gateway):
     next_event(thing)  # the watcher got this disconnection; the subscriber without iot:Receive did not:
     gateway.events.wait_for(event="receive", client_id=deaf_thing, kind="receive_denied")
     assert deaf_events.empty()
+
+
+def test_shadow_over_mqtt5_with_the_sdks_mqtt5_client(fleet, gateway, policies):
+    """The same service client on `mqtt5_client_builder` (the SDK's MQTT 5 client)."""
+    import threading
+
+    from awscrt import mqtt5
+    from awsiot import mqtt5_client_builder
+
+    thing, files, _ = fleet.device("mqtt5", policies=("services",))
+    gateway.sync(fleet.registry)
+    up, down = threading.Event(), threading.Event()
+    client = mqtt5_client_builder.mtls_from_path(
+        endpoint="localhost", port=gateway.port, cert_filepath=str(files.cert), pri_key_filepath=str(files.key),
+        ca_filepath=str(fleet.store.paths.root_cert), client_id=thing, enable_metrics_collection=False,
+        on_lifecycle_connection_success=lambda _: up.set(), on_lifecycle_stopped=lambda _: down.set())
+    client.start()
+    try:
+        assert up.wait(WAIT)
+        shadow = iotshadow.IotShadowClient(client)
+        inbox = Inbox()
+        s = dict(thing_name=thing)
+        subscribed(shadow.subscribe_to_update_shadow_accepted(iotshadow.UpdateShadowSubscriptionRequest(**s), QOS,
+                                                              inbox("update")))
+        subscribed(shadow.subscribe_to_get_shadow_accepted(iotshadow.GetShadowSubscriptionRequest(**s), QOS,
+                                                           inbox("get")))
+        shadow.publish_update_shadow(iotshadow.UpdateShadowRequest(
+            state=iotshadow.ShadowState(reported={"proto": 5}), client_token="m5", **s), QOS).result(WAIT)
+        assert inbox.get("update").client_token == "m5"
+        shadow.publish_get_shadow(iotshadow.GetShadowRequest(**s), QOS).result(WAIT)
+        assert inbox.get("get").state.reported == {"proto": 5}
+    finally:
+        client.stop(mqtt5.DisconnectPacket())
+        down.wait(WAIT)

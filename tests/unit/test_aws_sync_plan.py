@@ -94,3 +94,9 @@ def test_templates_created_updated_or_skipped_when_the_endpoint_lacks_the_api():
     assert ops(p) == [("create_provisioning_template_version", "fleet"), ("update_provisioning_template", "fleet")]
     p = plan(desired(templates={"fleet": tpl}), observed(templates_supported=False))
     assert p.actions == () and "provisioning template" in p.skipped[0]
+
+
+def test_a_template_without_a_provisioning_role_is_skipped_with_what_to_do():
+    tpl = LocalTemplate("fleet", '{"Resources": {}}', True, "", None, "FLEET_PROVISIONING")
+    p = plan(desired(templates={"fleet": tpl}), observed())
+    assert p.actions == () and "--role-arn" in p.skipped[0]

@@ -28,7 +28,8 @@ from gateway.mqtt import (
     encode,
 )
 from gateway.policy import Identity, ThingInfo, compile_policies, parse_policy
-from gateway.session import Peer, RateLimiter, Session, State, TokenBucket, keepalive_for, topic_problem
+from gateway.session import (Peer, RateLimiter, ServiceRequest, Session, State, SubscriptionChange, TokenBucket,
+                             keepalive_for, topic_problem)
 
 R = ReasonCode
 POLICY = parse_policy("""{
@@ -723,14 +724,17 @@ SERVICE_CASES = [
     # (name, level, packet, services, expected to device, expected service effects, event kind)
     ("allowed request goes to the services, acknowledged", 5,
      Publish("$aws/things/alice/shadow/get", b"{}", qos=1, packet_id=4), _shadow_topics,
-     [PubAck(4)], [("request", "$aws/things/alice/shadow/get", b"{}")], None),
+     [PubAck(4)], [ServiceRequest("$aws/things/alice/shadow/get", b"{}")], None),
     ("allowed request on 3.1.1", 4, Publish("$aws/things/alice/shadow/update", b"{}", qos=1, packet_id=4),
-     _shadow_topics, [PubAck(4)], [("request", "$aws/things/alice/shadow/update", b"{}")], None),
+     _shadow_topics, [PubAck(4)], [ServiceRequest("$aws/things/alice/shadow/update", b"{}")], None),
     ("request outside the policy is refused", 5, Publish("$aws/things/bob/shadow/get", b"", qos=1, packet_id=5),
      _shadow_topics, [PubAck(5, R.NOT_AUTHORIZED)], [], "publish_denied"),
     ("topic no service answers is reserved", 5, Publish("$aws/things/alice/shadow/get/accepted", b"", qos=1,
                                                        packet_id=6),
      _shadow_topics, [PubAck(6, R.NOT_AUTHORIZED)], [], "reserved_topic"),
+    ("retained request is refused", 5, Publish("$aws/things/alice/shadow/update", b"{}", qos=1, retain=True,
+                                               packet_id=8),
+     _shadow_topics, [PubAck(8, R.NOT_AUTHORIZED)], [], "reserved_topic"),
     ("without services every $aws topic is reserved", 5, Publish("$aws/things/alice/shadow/get", b"", qos=1,
                                                                 packet_id=7),
      None, [PubAck(7, R.NOT_AUTHORIZED)], [], "reserved_topic"),
@@ -774,7 +778,7 @@ def test_reply_filters_are_held_upstream_and_reported_for_lifecycle_events():
     session.receive_upstream(encode(SubAck(9, (1,)), 5))
     device, _, _ = drain(session)
     assert device == [SubAck(9, (1, R.NOT_AUTHORIZED, R.NOT_AUTHORIZED))]
-    assert session.out.service == [("subscribed", ["$aws/things/alice/shadow/get/accepted"])]
+    assert session.out.service == [SubscriptionChange("subscribed", ["$aws/things/alice/shadow/get/accepted"])]
     session.out.service.clear()
     session.receive_device(encode(Unsubscribe(10, ("$aws/things/alice/shadow/get/accepted",)), 5), 2.0)
-    assert session.out.service == [("unsubscribed", ["$aws/things/alice/shadow/get/accepted"])]
+    assert session.out.service == [SubscriptionChange("unsubscribed", ["$aws/things/alice/shadow/get/accepted"])]

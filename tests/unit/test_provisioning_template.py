@@ -138,3 +138,26 @@ def test_a_certificate_resource_names_exactly_one_source():
     doc = {"Resources": {"c": {"Type": "AWS::IoT::Certificate", "Properties": {"Status": "ACTIVE"}}}}
     with pytest.raises(TemplateError, match="exactly one of CertificateId"):
         parse(doc).resolve({})
+
+
+def test_jitp_parameters_come_from_the_subject_only():
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from gateway.provisioning.template import certificate_parameters
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bulb-1"),
+                         x509.NameAttribute(NameOID.SERIAL_NUMBER, "SN-778"),
+                         x509.NameAttribute(NameOID.COUNTRY_NAME, "FR")])
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(12345).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    assert certificate_parameters(cert, "ab" * 32) == {
+        "AWS::IoT::Certificate::CommonName": "bulb-1", "AWS::IoT::Certificate::SerialNumber": "SN-778",
+        "AWS::IoT::Certificate::Country": "FR", "AWS::IoT::Certificate::Id": "ab" * 32}

@@ -32,7 +32,8 @@ def test_start_next_takes_the_oldest_queued_and_says_so():
     assert e["jobDocument"] == {"op": "a"} and by["accepted"]["clientToken"] == "c"
     assert [c.job_id for c in out.changed] == ["a"]
     # the pending list changed (a is now IN_PROGRESS); the next one (a) did not
-    assert by["notify"]["jobs"] == {"IN_PROGRESS": [out.changed[0].summary()], "QUEUED": [ex("b", queued=200).summary()]}
+    assert by["notify"]["jobs"] == {"IN_PROGRESS": [out.changed[0].summary()],
+                                    "QUEUED": [ex("b", queued=200).summary()]}
     assert "notify-next" not in by
 
 
