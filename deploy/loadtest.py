@@ -50,15 +50,17 @@ def main() -> int:
     try:
         run(["pki", "init"], home=home)
         run(["fleet", "provision", "--count", str(opts.users)], home=home)
-        broker_port, gateway_port = free_port(), free_port()
+        broker_port, gateway_port, token_port = free_port(), free_port(), free_port()
         background.append(Background("broker", ["broker", "run", "--port", str(broker_port)], home=home,
                                      port=broker_port, logs=logs))
+        # the token listener too: the attacker mix then has the token and SigV4 attackers
         background.append(Background("gateway", ["gateway", "run", "--port", str(gateway_port), "--upstream",
-                                                  f"mqtts://127.0.0.1:{broker_port}"], home=home, port=gateway_port,
-                                     logs=logs))
+                                                  f"mqtts://127.0.0.1:{broker_port}", "--token-port", str(token_port)],
+                                     home=home, port=gateway_port, logs=logs))
         proc = run(["loadtest", "--headless", "--users", str(opts.users), "--workers", str(opts.workers),
                     "--spawn-rate", "50", "--run-time", opts.run_time, "--shape", opts.shape,
-                    "--endpoint", f"127.0.0.1:{gateway_port}", "--report", str(base / "report")],
+                    "--endpoint", f"127.0.0.1:{gateway_port}", "--token-port", str(token_port),
+                    "--report", str(base / "report")],
                    home=home, expect=(0, 1, 2))
         for b in background:
             b.stop()

@@ -130,7 +130,8 @@ class RunIdentities:
         plan = self.plan
         why = ("needs --target gateway" if plan.target != "gateway" else "needs a local registry" if self.local is None
                else "needs the gateway's token listener: pass --token-port" if plan.token_port is None
-               else "runs on the native connector only" if plan.connector != "native" else "")
+               else "runs on the native or awsiotsdk connector" if plan.connector not in ("native", "awsiotsdk")
+               else "")
         if why:
             raise FleetError(f"group {group.name}: auth = {group.auth!r} {why}")
         if not all(n.startswith("sim-") for n in names) and group.auth == "sigv4":
@@ -142,12 +143,18 @@ class RunIdentities:
             if group.auth == "token":
                 def credential(now, thing=thing):
                     return world.username(world.token(thing, now, lifetime=lifetime))
+
+                def sdk_auth(now, thing=thing):
+                    return world.sdk_auth(world.token(thing, now, lifetime=lifetime))
             else:
                 with self._lock:
                     akid, secret = world.add_key(thing)
                 credential = SigV4Signer(akid, secret, world.region, plan.endpoint.sni)
+
+                def sdk_auth(now, akid=akid, secret=secret):
+                    return {"region": world.region, "access_key_id": akid, "secret": secret}
             identity = TokenIdentity(thing, "", "", plan.server_ca, auth=group.auth, port=plan.token_port,
-                                     credential=credential)
+                                     credential=credential, sdk_auth=sdk_auth)
             out.append(FleetIdentity(thing, group, identity, None, None))
         return out
 

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devices.evidence import classify_token_connect
 from devices.report import Outcome
+from devices.scenario import ATTACKER_KINDS
 from devices.tokens import (ConnectResult, custom_auth_username, sign_token, sigv4_target, try_connect,
                             try_connect_blocking)
 from certs.errors import IotgateError
@@ -44,14 +45,9 @@ from certs.keys import write_private_file
 from gateway.auth.secrets import SecretBox
 from gateway.registry import NotFound, Registry
 
-TOKEN_ATTACKER_KINDS: dict[str, str] = {
-    "expired-token": "custom-authorizer JWT whose expiry has passed",
-    "foreign-audience-token": "custom-authorizer JWT issued for another audience",
-    "replayed-signature": "SigV4-signed WebSocket URL used a second time",
-    "wrong-secret-signature": "SigV4 signature made with a secret that is not the key's",
-}
 JWT_KINDS = ("expired-token", "foreign-audience-token")
 SIGV4_KINDS = ("replayed-signature", "wrong-secret-signature")
+TOKEN_ATTACKER_KINDS: dict[str, str] = {k: ATTACKER_KINDS[k] for k in JWT_KINDS + SIGV4_KINDS}  # kind -> what
 AUTHORIZER = "iotgate-fleet-run-jwt"
 POLICY = "iotgate-fleet-run-token"
 AUDIENCE = "iotgate-fleet-run"
@@ -76,13 +72,20 @@ DEVICE_TOKEN_POLICY = ("iotgate-fleet-run-token-devices", json.dumps({"Version":
     {"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/dt/${jwt:sub}/*"},
     {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"], "Resource": "arn:aws:iot:*:*:topic/cmd/${jwt:sub}/*"},
     {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/cmd/${jwt:sub}/*"}]}))
-# a SigV4 principal has no claims: its own client id names its topics (one key per device)
-DEVICE_KEY_POLICY = ("iotgate-fleet-run-key-devices", json.dumps({"Version": "2012-10-17", "Statement": [
-    {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/sim-*"},
-    {"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/dt/${iot:ClientId}/*"},
-    {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"],
-     "Resource": "arn:aws:iot:*:*:topic/cmd/${iot:ClientId}/*"},
-    {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/cmd/${iot:ClientId}/*"}]}))
+
+
+def device_key_policy(name: str, prefix: str) -> tuple[str, str]:
+    """A SigV4 principal has no claims: its own client id (``prefix*``) names its topics (one key per device)."""
+    return name, json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "iot:Connect", "Resource": f"arn:aws:iot:*:*:client/{prefix}*"},
+        {"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/dt/${iot:ClientId}/*"},
+        {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"],
+         "Resource": "arn:aws:iot:*:*:topic/cmd/${iot:ClientId}/*"},
+        {"Effect": "Allow", "Action": "iot:Subscribe",
+         "Resource": "arn:aws:iot:*:*:topicfilter/cmd/${iot:ClientId}/*"}]})
+
+
+DEVICE_KEY_POLICY = device_key_policy("iotgate-fleet-run-key-devices", "sim-")
 
 
 def _rsa() -> rsa.RSAPrivateKey:
@@ -187,6 +190,11 @@ class TokenWorld:
         return jwt.encode({"sub": sub, "iss": ISSUER, "aud": audience, "iat": issued, "exp": ts + lifetime},
                           self.idp, algorithm="RS256", headers={"kid": "fleet-run-1"})
 
+    def sdk_auth(self, token: str) -> dict:
+        """The token as the AWS IoT Device SDK's ``direct_with_custom_authorizer`` takes it."""
+        return {"auth_authorizer_name": self.authorizer, "auth_authorizer_signature": sign_token(self.signer, token),
+                "auth_token_key_name": TOKEN_KEY, "auth_token_value": token}
+
     def username(self, token: str) -> str:
         """The CONNECT username of the AWS IoT Device SDK's custom-authorizer connection, signed."""
         return custom_auth_username(self.authorizer, TOKEN_KEY, token, sign_token(self.signer, token))
@@ -220,7 +228,8 @@ def plan_attack(kind: str, member: str, world: TokenWorld, now: dt.datetime) -> 
     if kind in JWT_KINDS:
         bad = (world.token(member, now, lifetime=-3600) if kind == "expired-token"
                else world.token(member, now, audience="another-service"))
-        return AttackPlan(Attempt(username=world.username(world.token(member, now))), Attempt(username=world.username(bad)),
+        return AttackPlan(Attempt(username=world.username(world.token(member, now))),
+                          Attempt(username=world.username(bad)),
                           "a valid token from the same identity provider was not accepted either",
                           "token expired an hour ago" if kind == "expired-token"
                           else "token issued for audience another-service")

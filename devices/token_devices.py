@@ -38,6 +38,9 @@ class TokenIdentity(DeviceIdentity):
     auth: str = "token"                                  # token | sigv4
     port: int = 0                                        # the token listener
     credential: Callable[[dt.datetime], str] | None = None
+    # the same credential in the AWS IoT Device SDK builders' arguments: auth_authorizer_name,
+    # auth_authorizer_signature, auth_token_key_name, auth_token_value (token); region, access_key_id, secret (sigv4)
+    sdk_auth: Callable[[dt.datetime], dict] | None = None
 
     def username(self, now: dt.datetime) -> str | None:
         """The CONNECT username of a connection made at ``now``: a fresh token (custom authorizer), else None."""

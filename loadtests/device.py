@@ -59,8 +59,16 @@ from devices.client import (
     keepalive_step,
 )
 from devices.client import _code_name, _exc_detail, _is_tls  # one wording of refusals for both shells
+import dataclasses
+import datetime as dt
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Ping, RejectConnection, RejectData,
+                            Request)
+
 from devices.identity import DeviceIdentity
 from devices.limits import bind_source
+from devices.token_devices import TokenIdentity
 from devices.transport import DeviceTLS, Endpoint, LinkTimings, MemoryBIOLink, TransportError
 from devices.transport import _is_ip, _os_error
 from gateway.mqtt import Publish, Subscription
@@ -217,6 +225,86 @@ class _Stream:
         self._loop.run_callback(self._protocol.connection_lost, exc)
 
 
+class _WebSocket:
+    """MQTT in WebSocket binary frames (wsproto) between a TLS link and the device's sink; the signed upgrade
+    first. It is the link's handler (bytes in) and, once upgraded, the device's link (bytes out)."""
+
+    __slots__ = ("_body", "_status", "link", "sink", "upgraded", "ws")
+
+    def __init__(self, sink: _Sink) -> None:
+        self.sink = sink
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.upgraded = _Future()
+        self.link = None
+        self._status: int | None = None
+        self._body = bytearray()
+
+    def start(self, link, host: str, target: str) -> None:
+        self.link = link
+        link.write(self.ws.send(Request(host=host, target=target, subprotocols=["mqtt"])))
+
+    # the TLS link's handler
+    def on_data(self, data: bytes) -> None:
+        self.ws.receive_data(data)
+        out = bytearray()
+        for event in self.ws.events():
+            if isinstance(event, AcceptConnection):
+                if not self.upgraded.ready():
+                    self.upgraded.set(None)
+            elif isinstance(event, RejectConnection):
+                self._status = event.status_code
+                if not event.has_body:
+                    self._refused()
+            elif isinstance(event, RejectData):
+                self._body += event.data
+                if event.body_finished:
+                    self._refused()
+            elif isinstance(event, BytesMessage):
+                out += event.data
+            elif isinstance(event, Ping):
+                self.link.write(self.ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                self.link.close()
+        if out:
+            self.sink.on_data(bytes(out))
+
+    def _refused(self) -> None:
+        if not self.upgraded.ready():
+            body = bytes(self._body).decode("utf-8", "replace")[:300]
+            self.upgraded.set_exception(TransportError("http", f"HTTP {self._status}", body))
+
+    def on_close(self, exc: BaseException | None) -> None:
+        if not self.upgraded.ready():
+            self.upgraded.set_exception(TransportError("closed", "closed during the WebSocket upgrade",
+                                                       str(exc) if exc else ""))
+            return
+        self.sink.on_close(exc)
+
+    # the device's link
+    def write(self, data: bytes) -> None:
+        self.link.write(self.ws.send(BytesMessage(data=data)))
+
+    def close(self) -> None:
+        try:
+            self.link.write(self.ws.send(CloseConnection(code=1000)))
+        except Exception:  # noqa: BLE001 - not in a state to say goodbye: closed anyway
+            pass
+        self.link.close()
+
+    def abort(self) -> None:
+        self.link.abort()
+
+    def pause_reading(self) -> None:
+        self.link.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.link.resume_reading()
+
+    @property
+    def tls_version(self) -> str | None:
+        return self.link.tls_version
+
+
 class _Sink:
     """Receives one link's events for the device; detached when the device gives that link up."""
 
@@ -295,6 +383,10 @@ class GeventDevice:
         deadline = started + self.options.connect_timeout
         timings = LinkTimings()
         self._closing = None
+        identity = self.tls.identity
+        token = identity if isinstance(identity, TokenIdentity) else None
+        if token is not None and token.auth == "token":   # a fresh token in each CONNECT
+            self.core.options = dataclasses.replace(self.core.options, username=token.username(dt.datetime.now(dt.UTC)))
         try:
             context = self.tls.context()
             sock = self._tcp_connect(timings, deadline)
@@ -305,7 +397,8 @@ class GeventDevice:
         tls_started = clock()
         handshake = _Future()
         sink = self._sink = _Sink(self)
-        link = MemoryBIOLink(context, self.tls, self.endpoint, sink, handshake)
+        websocket = _WebSocket(sink) if token is not None and token.auth == "sigv4" else None
+        link = MemoryBIOLink(context, self.tls, self.endpoint, websocket or sink, handshake)
         _Stream(sock, link)
         try:
             handshake.get(timeout=max(0.0, deadline - clock()))
@@ -321,6 +414,23 @@ class GeventDevice:
             link.abort()
             raise
         timings.tls = clock() - tls_started
+        if websocket is not None:      # the signed upgrade, then MQTT in binary frames
+            websocket.start(link, self.endpoint.sni, token.credential(dt.datetime.now(dt.UTC)))
+            try:
+                websocket.upgraded.get(timeout=max(0.0, deadline - clock()))
+            except gevent.Timeout:
+                sink.device = None
+                link.abort()
+                return self._timeout(timings, started)
+            except TransportError as exc:
+                sink.device = None
+                link.abort()
+                return self._outcome(False, Reason(exc.stage), _detail(exc), timings, started, stage=exc.stage)
+            except BaseException:
+                sink.device = None
+                link.abort()
+                raise
+            link = websocket
         self._link = link
         connack = self._connack = _Future()
         self.core.connect()

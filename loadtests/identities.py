@@ -99,6 +99,11 @@ class LoadtestDirs:
         return self.root / "attackers"
 
     @property
+    def device_tokens(self) -> Path:
+        """The device users' identity provider and SigV4 keys for ``--auth token|sigv4`` (0600)."""
+        return self.root / "device-tokens"
+
+    @property
     def tokens(self) -> Path:
         """The token attackers' identity provider, signing key and SigV4 keys (0600; see devices.token_attacks)."""
         return self.root / "tokens"

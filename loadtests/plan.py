@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 TARGETS = ("gateway", "mosquitto", "aws")
+AUTH_KINDS = ("certificate", "token", "sigv4")   # how device users authenticate
 E2E_MODES = ("observer", "self", "off")
 
 # Attacks of the mix, in the order an attacker runs them. TLS kinds are refused by any broker that requires a
@@ -176,6 +177,7 @@ class Settings:
     keep_contexts: bool = False
     attack_interval: float = 1.0        # seconds between two attacks of one attacker user
     token_port: int | None = None       # the gateway's token listener, for the token and SigV4 attackers
+    auth: str = "certificate"           # device users: certificate, or token / sigv4 on the token listener
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -188,6 +190,10 @@ class Settings:
             raise PlanError("telemetry interval must be >= 0, payload >= 16 bytes, workers >= 1")
         if not 0 < self.port < 65536:
             raise PlanError(f"port {self.port} is not 1..65535")
+        if self.auth not in AUTH_KINDS:
+            raise PlanError(f"--auth must be one of {', '.join(AUTH_KINDS)}, not {self.auth!r}")
+        if self.auth != "certificate" and (self.target != "gateway" or self.token_port is None):
+            raise PlanError(f"--auth {self.auth} needs --target gateway and its token listener (--token-port)")
 
     @property
     def endpoint_text(self) -> str:

@@ -37,7 +37,8 @@ from devices.client import ClientOptions, DisconnectNotice
 from devices.identity import DeviceIdentity
 from devices.limits import raise_open_file_limit, source_addresses
 from devices.token_attacks import TokenWorld, TokenWorldError
-from devices.transport import Endpoint
+from devices.token_devices import CredentialTLS, SigV4Signer, TokenIdentity
+from devices.transport import DeviceTLS, Endpoint
 from gateway.mqtt import Publish
 
 from .attacks import VerdictKind, run_attack
@@ -76,6 +77,7 @@ def _add_arguments(parser) -> None:
                        help="Where the devices connect")
     group.add_argument("--iotgate-server-name", default="", help="Name the server certificate must carry")
     group.add_argument("--iotgate-ca-file", default="", help="CA for the server instead of each root-ca.pem")
+    group.add_argument("--iotgate-auth", default="certificate", help="device users: certificate, token or sigv4")
     group.add_argument("--iotgate-token-port", type=int, default=0,
                        help="the gateway's token listener, for the token and SigV4 attackers (0: none)")
     group.add_argument("--iotgate-prefix", default="device-", help="Thing-name prefix of the identity pool")
@@ -114,7 +116,8 @@ def settings_from_options(options, workers: int) -> Settings:
                     keep_alive=options.iotgate_keepalive, telemetry_interval=interval,
                     payload_bytes=options.iotgate_payload_bytes, e2e=e2e, run_id=options.iotgate_run_id or "run",
                     keep_contexts=options.iotgate_keep_contexts,
-                    token_port=getattr(options, "iotgate_token_port", 0) or None)
+                    token_port=getattr(options, "iotgate_token_port", 0) or None,
+                    auth=getattr(options, "iotgate_auth", "certificate") or "certificate")
 
 
 def _home() -> Path:
@@ -167,6 +170,8 @@ class Probes:
 
 # --------------------------------------------------------------------------------------------- worker state
 
+DEVICE_TOKEN_LIFETIME = 86400   # seconds; a token is made for each connect, AWS's longest disconnectAfter
+
 class WorkerRun:
     """What the users of one process share during one test: settings, the identity slice, sources, probes,
     the observer and attacker slots. Its greenlets (observer, probe sweeper) belong to its own group."""
@@ -191,6 +196,7 @@ class WorkerRun:
         self._free: list[int] = []
         self.attack_kinds, self.skipped_attacks = attack_kinds_for(settings.target, settings.token_port)
         self._token_world: TokenWorld | None = None
+        self._device_world: TokenWorld | None = None
         self._free_slots: list[int] = []
         try:
             self._load_slice(home, attackers)
@@ -223,6 +229,32 @@ class WorkerRun:
             except TokenWorldError as exc:
                 raise PlanError(str(exc)) from None
         return self._token_world
+
+    def device(self, identity: DeviceIdentity) -> tuple[DeviceIdentity, Endpoint, DeviceTLS | None]:
+        """What a device user connects with: its certificate, or (``--auth token|sigv4``) a credential of its own
+        on the token listener."""
+        s = self.settings
+        if s.auth == "certificate":
+            return identity, self.endpoint, None
+        if self._device_world is None:
+            try:
+                self._device_world = TokenWorld.load(self.dirs.device_tokens)
+            except TokenWorldError as exc:
+                raise PlanError(str(exc)) from None
+        world, thing = self._device_world, identity.thing_name
+        if s.auth == "token":
+            def credential(now, thing=thing):
+                return world.username(world.token(thing, now, lifetime=DEVICE_TOKEN_LIFETIME))
+        else:
+            try:
+                akid, secret = world.keys[thing]
+            except KeyError:
+                raise PlanError(f"{thing}: no SigV4 key in {self.dirs.device_tokens}; `iotgate loadtest --auth sigv4` "
+                                "makes one per device user") from None
+            credential = SigV4Signer(akid, secret, world.region, self.endpoint.sni)
+        token = TokenIdentity(thing, "", "", identity.ca_file, auth=s.auth, port=s.token_port, credential=credential)
+        endpoint = token.endpoint(self.endpoint)
+        return token, endpoint, CredentialTLS(token, alpn=endpoint.alpn, keep=s.keep_contexts)
 
     # identities
     def take(self) -> int:
@@ -426,12 +458,16 @@ class DeviceUser(User):
         except PlanError as exc:
             _fire(self.environment, Row("DEVICE", "identity", 0.0, IdentityProblem(str(exc))))
             raise StopUser() from None
-        identity = run.identities[self.position]
+        try:
+            identity, endpoint, tls = run.device(run.identities[self.position])
+        except PlanError as exc:
+            _fire(self.environment, Row("DEVICE", "identity", 0.0, IdentityProblem(str(exc))))
+            raise StopUser() from None
         self.thing = identity.thing_name
         self.topic = f"dt/{self.thing}/telemetry/{run.token}"
         self.filters = [f"cmd/{self.thing}/#"] + ([self.topic] if run.settings.e2e == "self" else [])
-        self.device = GeventDevice(identity, run.endpoint, options=run.options, local_addr=run.sources[self.position],
-                                   keep_context=run.settings.keep_contexts,
+        self.device = GeventDevice(identity, endpoint, options=run.options, local_addr=run.sources[self.position],
+                                   keep_context=run.settings.keep_contexts, tls=tls,
                                    on_message=run.on_probe if run.settings.e2e == "self" else None,
                                    on_lost=self._on_lost)
         self.wake = gevent.event.Event()

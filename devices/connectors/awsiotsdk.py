@@ -37,9 +37,11 @@ DISCONNECT (the CRT has no such call): it disconnects cleanly and reports ``abor
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections.abc import AsyncIterator, Callable
 
+from awscrt import auth as crt_auth
 from awscrt import exceptions as crt_exceptions
 from awscrt import io as crt_io
 from awscrt import mqtt as crt_mqtt
@@ -50,6 +52,7 @@ from devices.client import (DEFAULT_OPTIONS, ClientOptions, ConnectOutcome, Conn
                             Endpoint, PublishResult, Reason, SubscribeResult)
 from devices.connectors._common import LinkBase, Inbox, code_name
 from devices.identity import DeviceIdentity
+from devices.token_devices import TokenIdentity
 from gateway.mqtt import Publish
 
 SUBACK_FAILURE = 0x80
@@ -63,6 +66,9 @@ class AwsIotSdkConnector:
 
     def link(self, identity: DeviceIdentity, endpoint: Endpoint, *, client_id: str, options: ClientOptions,
              on_disconnect: Callable[[DisconnectNotice], None] | None = None) -> AwsIotSdkLink | AwsIotSdk5Link:
+        if isinstance(identity, TokenIdentity) and options.protocol_level != 5:
+            raise ValueError("awsiotsdk: token and SigV4 devices use the SDK's MQTT 5 builders (the MQTT 3.1.1 "
+                             "direct_with_custom_authorizer always dials port 443)")
         kind = AwsIotSdk5Link if options.protocol_level == 5 else AwsIotSdkLink
         return kind(identity, endpoint, client_id=client_id, options=options, on_disconnect=on_disconnect)
 
@@ -360,6 +366,26 @@ class AwsIotSdk5Link(LinkBase):
         socket_options.connect_timeout_ms = int(o.connect_timeout * 1000)
         behavior = (crt_mqtt5.ClientSessionBehaviorType.CLEAN if o.clean_start and not o.session_expiry
                     else crt_mqtt5.ClientSessionBehaviorType.REJOIN_ALWAYS)
+        identity = self.identity
+        if isinstance(identity, TokenIdentity):   # the SDK's own builders for devices without certificates
+            common = dict(
+                endpoint=self.endpoint.host, port=identity.port, ca_filepath=identity.ca_file,
+                client_id=self._client_id, session_behavior=behavior,
+                session_expiry_interval_sec=o.session_expiry or None, keep_alive_interval_sec=o.keep_alive,
+                ping_timeout_ms=ping_timeout_ms(o), connack_timeout_ms=int(o.connect_timeout * 1000),
+                socket_options=socket_options, will=will, enable_metrics_collection=False, cipher_pref=tls_policy(),
+                min_reconnect_delay_ms=60_000, max_reconnect_delay_ms=120_000,
+                on_publish_received=self._on_publish,
+                on_lifecycle_connection_success=lambda data: self._from_crt(self._succeeded, data),
+                on_lifecycle_connection_failure=lambda data: self._from_crt(self._failed, data),
+                on_lifecycle_disconnection=lambda data: self._from_crt(self._lost, data),
+                on_lifecycle_stopped=lambda data: self._from_crt(self._on_stopped, data))
+            auth = identity.sdk_auth(dt.datetime.now(dt.UTC))
+            if identity.auth == "token":
+                return mqtt5_client_builder.direct_with_custom_authorizer(**common, **auth)
+            credentials = crt_auth.AwsCredentialsProvider.new_static(auth["access_key_id"], auth["secret"])
+            return mqtt5_client_builder.websockets_with_default_aws_signing(
+                **common, region=auth["region"], credentials_provider=credentials)
         return mqtt5_client_builder.mtls_from_path(
             endpoint=self.endpoint.host, port=self.endpoint.port, cert_filepath=self.identity.cert_file,
             pri_key_filepath=self.identity.key_file, ca_filepath=self.identity.ca_file, client_id=self._client_id,

@@ -31,10 +31,11 @@ from certs.authority import certificate_id
 from gateway.registry import NotFound
 from iotgate.context import AppContext, console, err_console, pass_app
 from devices.provisioning import DEFAULT_POLICY_NAME, ensure_policy, register_certificate, rewrite_crl
-from devices.token_attacks import TokenWorld
+from devices.token_attacks import DEVICE_TOKEN_POLICY, TokenWorld, device_key_policy
 from loadtests.identities import LoadtestDirs, attacker_client_id, prepare
-from loadtests.plan import SIGV4_ATTACKS, TOKEN_ATTACKS, E2E_MODES, TARGETS, PlanError, Settings, attack_kinds_for, identities_needed, \
-    is_loopback, parse_duration, parse_endpoint
+from loadtests.plan import (AUTH_KINDS, E2E_MODES, SIGV4_ATTACKS, TARGETS, TOKEN_ATTACKS, PlanError, Settings,
+                            attack_kinds_for, identities_needed, is_loopback, parse_duration, parse_endpoint,
+                            worker_slice)
 from loadtests.preflight import check_pool, check_reachable
 from loadtests.shapes import SHAPES, shape_spec
 
@@ -43,6 +44,8 @@ DEFAULT_MASTER_PORT = 5557
 MAX_USERS = 100_000
 LOADTEST_AUTHORIZER = "iotgate-loadtest-jwt"      # the token attackers' authorizer and SigV4 keys' identity
 LOADTEST_KEY_IDENTITY = "iotgate-loadtest"
+LOADTEST_DEVICE_AUTHORIZER = "iotgate-loadtest-devices-jwt"   # --auth token|sigv4 device users
+LOADTEST_DEVICE_KEY_IDENTITY = "iotgate-loadtest-devices"
 ROWS = ("tcp_connect", "tls_handshake", "connack", "suback", "puback", "e2e")
 
 
@@ -200,6 +203,9 @@ def _print_summary(rows: list[dict], failures_csv: Path) -> None:
               help="Attacker users of the attack-mix shape.  [default: 1]")
 @click.option("--token-port", type=click.IntRange(1, 65535), default=None,
               help="The gateway's token listener (gateway run --token-port): adds the token and SigV4 attackers.")
+@click.option("--auth", "auth", type=click.Choice(AUTH_KINDS), default="certificate", show_default=True,
+              help="How device users authenticate: their certificate, or on the token listener a custom-authorizer "
+                   "token (token) or a SigV4-signed WebSocket (sigv4), one credential per user.")
 @click.option("--telemetry-interval", type=click.FloatRange(min=0), default=None,
               help="Seconds between QoS 1 publishes of a device; 0: none.  [default: the shape's]")
 @click.option("--payload-bytes", type=click.IntRange(16, 128 * 1024), default=64, show_default=True)
@@ -228,7 +234,8 @@ def _print_summary(rows: list[dict], failures_csv: Path) -> None:
 @pass_app
 def loadtest(app: AppContext, users: int, spawn_rate: float, run_time: str, workers: int, remote_workers: int,
              shape: str, headless: bool, target: str, endpoint: str, server_name: str | None, ca_file: Path | None,
-             prefix: str, attackers: int | None, token_port: int | None, telemetry_interval: float | None,
+             prefix: str, attackers: int | None, token_port: int | None, auth: str,
+             telemetry_interval: float | None,
              payload_bytes: int, mqtt: str,
              e2e: str, storm_at: float | None, keep_contexts: bool, report_dir: Path | None, exit_code_on_error: int,
              web_host: str, web_port: int, master_bind_host: str, master_port: int | None, join: str | None,
@@ -264,7 +271,8 @@ def loadtest(app: AppContext, users: int, spawn_rate: float, run_time: str, work
     run_id = dt.datetime.now(dt.UTC).strftime("lt%Y%m%dT%H%M%S")
     interval = spec.telemetry_interval if telemetry_interval is None else telemetry_interval
     Settings(target=target, host=host, port=port, e2e=e2e_mode, workers=total_workers,
-             protocol_level=5 if mqtt == "5" else 4, telemetry_interval=interval, payload_bytes=payload_bytes)
+             protocol_level=5 if mqtt == "5" else 4, telemetry_interval=interval, payload_bytes=payload_bytes,
+             token_port=token_port, auth=auth)
 
     pool = check_pool(home, prefix, users, total_workers)
     check_reachable(host, port, target)
@@ -272,62 +280,70 @@ def loadtest(app: AppContext, users: int, spawn_rate: float, run_time: str, work
     world = _prepare(app, target, observers=total_workers if e2e_mode == "observer" else 0,
                      attack_slots=identities_needed(attackers, total_workers) if attackers else 0,
                      kinds=kinds if attackers else ())
-    report_dir = (report_dir or home / "loadtest" / "reports" / run_id).resolve()
-    report_dir.mkdir(parents=True, exist_ok=True)
-    csv_prefix = report_dir / "locust"
-    html = report_dir / "report.html"
-    port_master = master_port or (DEFAULT_MASTER_PORT if remote_workers else _free_port(master_bind_host))
-
-    iotgate_args = ["--iotgate-target", target, "--iotgate-endpoint", endpoint, "--iotgate-prefix", prefix,
-                    "--iotgate-pool-size", str(len(pool.names)), "--iotgate-pool-digest", pool.digest,
-                    "--iotgate-shape", shape, "--iotgate-attackers", str(attackers), "--iotgate-mqtt", mqtt,
-                    "--iotgate-telemetry-interval", f"{interval:g}", "--iotgate-payload-bytes", str(payload_bytes),
-                    "--iotgate-e2e", e2e_mode, "--iotgate-run-id", run_id]
-    if server_name:
-        iotgate_args += ["--iotgate-server-name", server_name]
-    if ca_file:
-        iotgate_args += ["--iotgate-ca-file", str(ca_file.resolve())]
-    if storm_at is not None:
-        iotgate_args += ["--iotgate-storm-at", f"{storm_at:g}"]
-    if keep_contexts:
-        iotgate_args.append("--iotgate-keep-contexts")
-    if token_port is not None:
-        iotgate_args += ["--iotgate-token-port", str(token_port)]
-    master = _locust("--master", "--master-bind-host", master_bind_host, "--master-bind-port", str(port_master),
-                     "--expect-workers", str(total_workers), "--users", str(users),
-                     "--spawn-rate", f"{spawn_rate:g}", "--run-time", f"{math.ceil(seconds)}s",
-                     "--csv", str(csv_prefix), "--csv-full-history", "--html", str(html), "--exit-code-on-error", str(exit_code_on_error),
-                     *(["--headless"] if headless else ["--web-host", web_host, "--web-port", str(web_port)]),
-                     *iotgate_args)
-
-    console.print(f"[bold]{shape}[/] against {target} {endpoint}: {users} devices"
-                  + (f" + {attackers} attacker(s)" if attackers else "")
-                  + f", {spawn_rate:g}/s, {math.ceil(seconds)} s, {total_workers} worker(s); identities "
-                    f"{pool.names[0]}.. ({pool.needed} of {len(pool.names)} used); e2e {e2e_mode}; telemetry "
-                  + (f"every {interval:g} s" if interval else "off"))
-    for kind, why in skipped.items():
-        if attackers:
-            console.print(f"attack {kind}: [yellow]SKIPPED[/] ({why})")
-    if remote_workers:
-        console.print(f"waiting for {remote_workers} remote worker(s): on each, run `iotgate --home HOME loadtest "
-                      f"--join {master_bind_host}:{port_master} --workers N` (HOME: a copy of {home})")
-    if not headless:
-        console.print(f"web UI: http://{web_host}:{web_port}  (start the run there; Ctrl-C ends it)")
-
-    _interrupt_on_sigterm()
-    children = _Children()
-    master_proc = children.start("master", master, env)
-    for index in range(workers):
-        children.start(f"worker {index}", _worker_cmd("127.0.0.1" if master_bind_host in ("0.0.0.0", "::")
-                                                       else master_bind_host, port_master), env,
-                       log=report_dir / f"worker-{index}.log")
     try:
+        devices_world = _prepare_devices(app, auth, prefix, _used_names(pool.names, users, total_workers))
+    except BaseException:
+        if world is not None:
+            world.retire(app.registry())
+        raise
+    try:
+        report_dir = (report_dir or home / "loadtest" / "reports" / run_id).resolve()
+        report_dir.mkdir(parents=True, exist_ok=True)
+        csv_prefix = report_dir / "locust"
+        html = report_dir / "report.html"
+        port_master = master_port or (DEFAULT_MASTER_PORT if remote_workers else _free_port(master_bind_host))
+
+        iotgate_args = ["--iotgate-target", target, "--iotgate-endpoint", endpoint, "--iotgate-prefix", prefix,
+                        "--iotgate-pool-size", str(len(pool.names)), "--iotgate-pool-digest", pool.digest,
+                        "--iotgate-shape", shape, "--iotgate-attackers", str(attackers), "--iotgate-mqtt", mqtt,
+                        "--iotgate-telemetry-interval", f"{interval:g}", "--iotgate-payload-bytes", str(payload_bytes),
+                        "--iotgate-e2e", e2e_mode, "--iotgate-run-id", run_id]
+        if server_name:
+            iotgate_args += ["--iotgate-server-name", server_name]
+        if ca_file:
+            iotgate_args += ["--iotgate-ca-file", str(ca_file.resolve())]
+        if storm_at is not None:
+            iotgate_args += ["--iotgate-storm-at", f"{storm_at:g}"]
+        if keep_contexts:
+            iotgate_args.append("--iotgate-keep-contexts")
+        if token_port is not None:
+            iotgate_args += ["--iotgate-token-port", str(token_port), "--iotgate-auth", auth]
+        master = _locust("--master", "--master-bind-host", master_bind_host, "--master-bind-port", str(port_master),
+                         "--expect-workers", str(total_workers), "--users", str(users),
+                         "--spawn-rate", f"{spawn_rate:g}", "--run-time", f"{math.ceil(seconds)}s",
+                         "--csv", str(csv_prefix), "--csv-full-history", "--html", str(html), "--exit-code-on-error", str(exit_code_on_error),
+                         *(["--headless"] if headless else ["--web-host", web_host, "--web-port", str(web_port)]),
+                         *iotgate_args)
+
+        console.print(f"[bold]{shape}[/] against {target} {endpoint}: {users} devices"
+                      + (f" + {attackers} attacker(s)" if attackers else "")
+                      + f", {spawn_rate:g}/s, {math.ceil(seconds)} s, {total_workers} worker(s); identities "
+                        f"{pool.names[0]}.. ({pool.needed} of {len(pool.names)} used); e2e {e2e_mode}; telemetry "
+                      + (f"every {interval:g} s" if interval else "off"))
+        for kind, why in skipped.items():
+            if attackers:
+                console.print(f"attack {kind}: [yellow]SKIPPED[/] ({why})")
+        if remote_workers:
+            console.print(f"waiting for {remote_workers} remote worker(s): on each, run `iotgate --home HOME loadtest "
+                          f"--join {master_bind_host}:{port_master} --workers N` (HOME: a copy of {home})")
+        if not headless:
+            console.print(f"web UI: http://{web_host}:{web_port}  (start the run there; Ctrl-C ends it)")
+
+        _interrupt_on_sigterm()
+        children = _Children()
+        master_proc = children.start("master", master, env)
+        for index in range(workers):
+            children.start(f"worker {index}", _worker_cmd("127.0.0.1" if master_bind_host in ("0.0.0.0", "::")
+                                                           else master_bind_host, port_master), env,
+                           log=report_dir / f"worker-{index}.log")
         code = children.wait(master_proc)
         codes = children.finish()
     finally:
-        if world is not None:   # the attackers' authorizer and keys never outlive the run
-            world.retire(app.registry())
-            shutil.rmtree(LoadtestDirs(home).tokens, ignore_errors=True)
+        dirs = LoadtestDirs(home)
+        for made, directory in ((world, dirs.tokens), (devices_world, dirs.device_tokens)):
+            if made is not None:   # the run's authorizers and keys never outlive it
+                made.retire(app.registry())
+                shutil.rmtree(directory, ignore_errors=True)
     rows = _summary(csv_prefix)
     _print_summary(rows, Path(f"{csv_prefix}_failures.csv"))
     crashed = [name for name, c in codes.items() if name != "master" and c not in (0, code)]
@@ -370,6 +386,32 @@ def _prepare(app: AppContext, target: str, *, observers: int, attack_slots: int,
             if kind in kinds:
                 world.add_key(attacker_client_id(kind, slot))
     world.save(dirs.tokens)
+    return world
+
+
+def _used_names(names: Sequence[str], users: int, workers: int) -> list[str]:
+    """The pool identities the device users can take: the first ceil(U/K) of each worker's slice."""
+    per_worker = math.ceil(users / workers) if users else 0
+    used = []
+    for index in range(workers):
+        used.extend(names[i] for i in list(worker_slice(len(names), workers, index))[:per_worker])
+    return used
+
+
+def _prepare_devices(app: AppContext, auth: str, prefix: str, names: Sequence[str]) -> TokenWorld | None:
+    """``--auth token|sigv4``: the device users' identity provider and authorizer, or one SigV4 key each."""
+    if auth == "certificate":
+        return None
+    dirs = LoadtestDirs(app.home.resolve())
+    world = TokenWorld.create(app.registry(), dirs.home, dirs.device_tokens, authorizer=LOADTEST_DEVICE_AUTHORIZER,
+                              identity=LOADTEST_DEVICE_KEY_IDENTITY, policy=DEVICE_TOKEN_POLICY,
+                              key_policy=device_key_policy(f"iotgate-loadtest-key-devices-{prefix}", prefix))
+    if auth == "sigv4":
+        for thing in names:
+            world.add_key(thing)
+    world.save(dirs.device_tokens)
+    console.print(f"device users authenticate by {auth}: authorizer {world.authorizer}"
+                  + (f", {len(names)} access key(s)" if auth == "sigv4" else ""))
     return world
 
 

@@ -203,3 +203,37 @@ def test_token_groups_need_the_token_listener(fleet, tgw):
         run_fleet(FleetPlan(target="gateway", endpoint=Endpoint("127.0.0.1", tgw.port, "localhost"), devices=2,
                             scenario=loads_scenario(DEVICES),
                             local=LocalPKI(fleet.store, fleet.registry, fleet.store.load_issuer(), fleet.now)))
+
+
+def test_token_and_sigv4_devices_on_the_aws_iot_device_sdk_builders(fleet, tgw):
+    """The same groups through the SDK's own builders (direct_with_custom_authorizer,
+    websockets_with_default_aws_signing), as a team's app would run them."""
+    result = run_fleet(FleetPlan(target="gateway", endpoint=Endpoint("localhost", tgw.port), devices=4,
+                                 scenario=loads_scenario(DEVICES), connector="awsiotsdk",
+                                 token_port=tgw.gateway.token_port,
+                                 local=LocalPKI(fleet.store, fleet.registry, fleet.store.load_issuer(), fleet.now)))
+    assert result.passed, (result.verdict, result.mismatches, result.failures)
+    groups = {g["group"]: g for g in result.report["groups"]}
+    assert groups["apps"]["allowed"] == 2 and groups["phones"]["allowed"] == 2
+
+
+def test_the_cli_runs_token_devices_and_attackers_and_writes_the_reports(fleet, tgw, tmp_path, capsys, monkeypatch):
+    import json
+
+    from iotgate.cli import main
+
+    (tmp_path / "tokens.toml").write_text(DEVICES + scenario(*KINDS).split("\n", 4)[4])
+    monkeypatch.setenv("COLUMNS", "200")
+    tgw.sync(fleet.registry)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--home", str(fleet.home), "fleet", "run", "--target", "gateway", "--endpoint",
+              f"127.0.0.1:{tgw.port}", "--server-name", "localhost", "--token-port", str(tgw.gateway.token_port),
+              "--devices", "4", "--scenario", str(tmp_path / "tokens.toml"), "--report", str(tmp_path / "report")])
+    out = capsys.readouterr().out
+    assert exit_info.value.code in (0, None), out
+    assert "result: PASS" in out
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    groups = {g["group"]: g for g in report["groups"]}
+    assert groups["attacker:replayed-signature"]["refused"] == 1 and groups["phones"]["allowed"] == 2
+    assert any("HTTP 403" in d for d in groups["attacker:replayed-signature"]["details"])
+    assert (tmp_path / "report" / "report.html").is_file()

@@ -72,3 +72,27 @@ def test_a_broken_token_listener_fails_each_attack_row_naming_the_hole(fleet, to
         assert any(name == kind and "AttackAccepted" in error and text in error for name, error in errors), \
             (kind, errors)
     assert "result: FAIL" in proc.stdout
+
+
+# --------------------------------------------------------------------------------------------- device users
+
+@pytest.mark.parametrize("auth,field", [("token", "authorizer"), ("sigv4", "access_key")])
+def test_device_users_authenticate_by_token_or_signature(fleet, token_gateway, tmp_path, auth, field):
+    token_gateway.sync(fleet.registry)
+    proc = loadtest(fleet, tmp_path, "--target", "gateway", "--endpoint", f"127.0.0.1:{token_gateway.port}",
+                    "--token-port", str(token_gateway.gateway.token_port), "--auth", auth, "--users", "4",
+                    "--workers", "2", "--spawn-rate", "20", "--run-time", "8", "--telemetry-interval", "1")
+    assert proc.returncode == 0, explain(proc)
+    rows = stats(tmp_path)
+    for name in ("connack", "suback", "puback", "e2e"):
+        row = rows[("MQTT", name)]
+        assert int(row["Request Count"]) >= (4 if name != "e2e" else 1) and int(row["Failure Count"]) == 0, \
+            (name, row)
+    allowed = [r for r in token_gateway.events.find(event="connect", decision="allowed")
+               if (r["client_id"] or "").startswith("lt-") and r.get(field)]
+    assert len({r["client_id"] for r in allowed}) == 4, allowed
+    assert all(r["certificate_id"] is None for r in allowed)
+    # one credential per user: four principals (tokens name the thing; keys are one per thing)
+    assert len({r.get("principal") if auth == "token" else r["access_key"] for r in allowed}) == 4
+    assert fleet.registry.list_access_keys("iotgate-loadtest-devices") == []
+    assert not (fleet.home / "loadtest" / "device-tokens").exists()
