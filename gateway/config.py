@@ -6,6 +6,8 @@
     token_port = 8443                        # optional: custom authorizers (ALPN mqtt) and MQTT over WebSocket
     upstream = "mqtts://127.0.0.1:8884"      # or "unix:///path/mqtt.sock"
     registry = "sqlite:////abs/registry.db"  # default: registry.db in the home
+    proxy_protocol = false                   # true: PROXY protocol v2 headers from trusted_proxies name the device
+    trusted_proxies = ["10.0.0.0/24"]        # addresses (CIDR) of the TCP load balancers allowed to send them
     region = "us-east-1"
 
     [limits]                                 # every field of Limits, e.g.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import tomllib
 from pathlib import Path
@@ -93,6 +96,9 @@ class GatewayConfig:
     upstream_password_file: Path | None = None
     region: str = "us-east-1"
     account: str = "123456789012"
+    # PROXY protocol v2 on the device listener: connections from these networks carry the device's address
+    proxy_protocol: bool = False
+    trusted_proxies: tuple[str, ...] = ()
     access_log: str | None = "gateway-access.log"
     stats_file: Path | None = None
     stats_interval: float = 1.0
@@ -140,7 +146,8 @@ _SECTIONS = {
     "gateway": {
         "registry": "str", "host": "str", "port": "port", "token_port": "port0", "upstream": "str",
         "upstream_username": "str",
-        "upstream_password_file": "path", "region": "str", "account": "str",
+        "upstream_password_file": "path", "region": "str", "account": "str", "proxy_protocol": "bool",
+        "trusted_proxies": "cidrs",
     },
     "limits": {f.name: ("float" if f.type == "float" else "int") for f in dataclasses.fields(Limits)},
     "observe": {
@@ -161,6 +168,20 @@ def _check(source: str, section: str, key: str, kind: str, value: Any, home: Pat
         if not isinstance(value, str) or (kind == "str" and not value.strip()):
             raise ConfigError(f"{where} must be a non-empty string, got {value!r}")
         return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if kind == "cidrs":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of addresses or networks, e.g. [\"10.0.0.0/24\"], "
+                              f"got {value!r}")
+        for v in value:
+            try:
+                ipaddress.ip_network(v.strip(), strict=False)
+            except ValueError:
+                raise ConfigError(f"{where}: {v!r} is not an IP address or network (CIDR)") from None
+        return tuple(v.strip() for v in value)
     if kind == "path":
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{where} must be a file path (a string), got {value!r}")
@@ -244,6 +265,15 @@ def validate(cfg: GatewayConfig, *, source: str = "configuration") -> None:
                           f"({lim.max_packet_size}); one delivery must fit in it")
     if lim.decision_cache_size < 2:
         raise ConfigError(f"{source}: limits.decision_cache_size must be at least 2, got {lim.decision_cache_size}")
+    if cfg.proxy_protocol and not cfg.trusted_proxies:
+        raise ConfigError(f"{source}: gateway.proxy_protocol is on but gateway.trusted_proxies is empty: list the "
+                          "addresses of the load balancers allowed to send PROXY headers")
+    for value in cfg.trusted_proxies:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ConfigError(f"{source}: gateway.trusted_proxies: {value!r} is not an IP address or network "
+                              "(CIDR)") from None
     from gateway.upstream.link import UpstreamError, parse_upstream_url
 
     try:

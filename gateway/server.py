@@ -69,6 +69,8 @@ from gateway.services.base import Caller
 from gateway.services.runtime import ServiceHub
 from gateway.session import Close, Peer, RateLimiter, ServiceRequest, Session, State
 from gateway.upstream.link import UpstreamConnector, parse_upstream_url
+from gateway.proxy_accept import ProxyAcceptor
+from gateway.proxy_protocol import ProxyProtocolError
 from gateway.watch import RegistryWatcher
 from gateway.websocket import UpgradeError, WebSocketServer, WebSocketTransport
 
@@ -540,6 +542,7 @@ class Gateway:
         self.token_port: int | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="iotgate-registry")
         self.watcher: RegistryWatcher | None = None
+        self.proxy = ProxyAcceptor(config.trusted_proxies) if config.proxy_protocol else None
         self._listener: socket.socket | None = None
         self._tasks: set[asyncio.Task] = set()
         self._jit: dict[str, asyncio.Future] = {}  # certificate id -> its registration under way
@@ -694,9 +697,8 @@ class Gateway:
                                 f"the registry has not answered for {self.watcher.staleness():.0f} s "
                                 f"(registry_max_staleness {self.watcher.max_staleness:g} s)")
             return
-        if not self.source_limiter.allow(ip, loop.time()):
-            self._refuse_socket(sock, addr, "source_rate_exceeded",
-                                f"more than {lim.connect_rate_per_source:g} connections/s from this address")
+        proxied = self.proxy is not None and self.proxy.trusted(ip)
+        if not proxied and not self._source_allowed(sock, addr):  # behind a proxy: once its header names the source
             return
         conn = Connection(self, addr)
         self.connections.add(conn)
@@ -704,6 +706,31 @@ class Gateway:
         task = loop.create_task(self._serve(conn, sock, token), name=f"iotgate-conn-{ip}:{addr[1]}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _source_allowed(self, sock: socket.socket, addr: tuple) -> bool:
+        if self.source_limiter.allow(addr[0], self.loop.time()):
+            return True
+        self._refuse_socket(sock, addr, "source_rate_exceeded",
+                            f"more than {self.config.limits.connect_rate_per_source:g} connections/s from this address")
+        return False
+
+    async def _proxied_source(self, conn: Connection, sock: socket.socket) -> bool:
+        """PROXY protocol: the device's address becomes the connection's; False when refused (logged)."""
+        proxy_addr = conn.addr
+        try:
+            conn.addr = await self.proxy.resolve(sock, conn.addr, self.config.limits.handshake_timeout)
+        except ProxyProtocolError as exc:
+            self._refuse_socket(sock, proxy_addr, exc.kind, exc.reason)
+            return False
+        except TimeoutError:
+            self._refuse_socket(sock, proxy_addr, "proxy_header_timeout", "no PROXY header before the deadline")
+            return False
+        except OSError as exc:
+            self._refuse_socket(sock, proxy_addr, "proxy_header_invalid", f"reading the PROXY header: {exc}")
+            return False
+        if conn.addr is not proxy_addr and not self._source_allowed(sock, conn.addr):
+            return False
+        return True
 
     def _refuse_socket(self, sock: socket.socket, addr: tuple, kind: str, reason: str) -> None:
         with contextlib.suppress(OSError):
@@ -713,6 +740,8 @@ class Gateway:
 
     async def _serve(self, conn: Connection, sock: socket.socket, token: bool = False) -> None:
         try:
+            if self.proxy is not None and not await self._proxied_source(conn, sock):
+                return
             acceptor = self._token_acceptor if token else self._acceptor
             try:
                 transport, _, tls = await acceptor.accept(sock, lambda: conn.device_protocol)

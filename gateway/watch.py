@@ -145,6 +145,8 @@ class RegistryWatcher:
                         self.wake()
             except (psycopg.Error, OSError):
                 pass
+            if self.listening:
+                self.wake()  # the connection dropped: see at once whether the registry still answers
             self.listening = False
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, LISTEN_BACKOFF_MAX)

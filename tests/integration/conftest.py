@@ -204,12 +204,13 @@ class RunningGateway:
 
 
 def start_gateway(fleet: Fleet, upstream: str, *, stats_dir: Path | None = None, token_port: int | None = None,
-                  **limits) -> RunningGateway:
+                  settings: dict | None = None, **limits) -> RunningGateway:
+    """The gateway on its own thread; ``settings`` are further GatewayConfig fields (registry, proxy_protocol...)."""
     events = EventLog()
-    cfg = GatewayConfig(home=fleet.home, registry=fleet.url, host="127.0.0.1", port=0, token_port=token_port,
-                        upstream=upstream,
-                        access_log=None, stats_file=(stats_dir / "stats.json") if stats_dir else None,
-                        limits=Limits(**{**TEST_LIMITS, **limits}))
+    cfg = GatewayConfig(**{"home": fleet.home, "registry": fleet.url, "host": "127.0.0.1", "port": 0,
+                           "token_port": token_port, "upstream": upstream, "access_log": None,
+                           "stats_file": (stats_dir / "stats.json") if stats_dir else None,
+                           "limits": Limits(**{**TEST_LIMITS, **limits}), **(settings or {})})
     thread = GatewayThread(cfg)
     thread.start()
     thread.gateway.access.sinks.append(events)
@@ -250,12 +251,16 @@ class RawClient:
     """A TLS socket speaking raw MQTT bytes: for malformed, oversize and abrupt cases paho cannot produce."""
 
     def __init__(self, port: int, files: DeviceFiles | None, *, root: Path, server_name: str | None = "localhost",
-                 level: int = 5) -> None:
+                 level: int = 5, source: str | None = None, prefix: bytes = b"") -> None:
+        """``source``: the local address to connect from; ``prefix``: bytes sent before TLS (a PROXY header)."""
         ctx = ssl.create_default_context(cafile=str(root))
         ctx.check_hostname = server_name is not None
         if files is not None:
             ctx.load_cert_chain(str(files.cert), str(files.key))
-        raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT,
+                                       source_address=(source, 0) if source else None)
+        if prefix:
+            raw.sendall(prefix)
         self.sock = ctx.wrap_socket(raw, server_hostname=server_name)
         self.framer = Framer(1 << 24, protocol_level=level)
         self.level = level

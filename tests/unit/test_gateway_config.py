@@ -79,3 +79,29 @@ def test_values_that_would_break_the_listener_are_refused(tmp_path, text, messag
     with pytest.raises(ConfigError) as err:
         load_config(tmp_path, write(tmp_path, text))
     assert message in str(err.value)
+
+
+def test_proxy_protocol_and_staleness_keys(tmp_path):
+    cfg = load_config(tmp_path, write(tmp_path, """
+[gateway]
+proxy_protocol = true
+trusted_proxies = ["10.0.0.0/24", "192.0.2.7"]
+
+[limits]
+registry_max_staleness = 12.5
+"""))
+    assert cfg.proxy_protocol and cfg.trusted_proxies == ("10.0.0.0/24", "192.0.2.7")
+    assert cfg.limits.registry_max_staleness == 12.5
+    assert not load_config(tmp_path).proxy_protocol and load_config(tmp_path).limits.registry_max_staleness == 30.0
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[gateway]\nproxy_protocol = true\n", "trusted_proxies is empty"),
+    ("[gateway]\nproxy_protocol = 1\n", "gateway.proxy_protocol must be true or false"),
+    ("[gateway]\ntrusted_proxies = \"10.0.0.1\"\n", "gateway.trusted_proxies must be a list"),
+    ("[gateway]\ntrusted_proxies = [\"10.0.0.300\"]\n", "'10.0.0.300' is not an IP address"),
+    ("[limits]\nregistry_max_staleness = 0\n", "limits.registry_max_staleness must be a number > 0"),
+])
+def test_proxy_protocol_errors_name_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path, write(tmp_path, text))
