@@ -69,6 +69,7 @@ GOOD = [upstream(), connect("dev-1"), session_end("dev-1", ("iot:Publish", "dt/d
 # name, records, expected (passed, undeclared statuses, auth mismatches, refusal kinds)
 CASES = [
     ("declared traffic passes", GOOD, (True, [], 0, [])),
+    ("an undeclared thing that only connects", GOOD + [connect("cam-2")], (False, ["undeclared principal"], 0, [])),
     ("a topic outside the principal's", GOOD + [session_end("dev-1", ("iot:Publish", "dt/dev-2/temp"))],
      (False, ["undeclared topic", "declared"], 0, [])),
     ("a thing no principal declares", GOOD + [connect("cam-1"), session_end("cam-1", ("iot:Publish", "dt/cam-1/x"))],

@@ -158,6 +158,12 @@ def compare(declared: Declared, obs: Observation, *, thing_types: Mapping[str, s
             status = "undeclared topic"
         flows.append(FlowRow(key, principal.name if principal else None, hop, _DIRECTION.get(action, action), topic,
                              stat.count, stat.bytes, auth, status, tuple(sorted(stat.nodes))))
+    flowing = {f.identity for f in flows}
+    for key, ident in sorted(obs.identities.items()):
+        # an identity that got in and matches no principal is an unintended channel even if it sent nothing
+        if principals.get(key) is None and key in obs.auth and key not in flowing and ident.method != "upstream":
+            auth = ", ".join(sorted(auth_text(a) for a in obs.auth[key]))
+            flows.append(FlowRow(key, None, "device-gateway", "connect", "", 1, 0, auth, "undeclared principal"))
     mismatches = []
     for key, auths in sorted(obs.auth.items()):
         principal = principals.get(key)

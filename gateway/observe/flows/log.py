@@ -80,7 +80,8 @@ def identity_of(record: dict) -> Identity:
         label = f"authorizer:{authorizer}/{principal}" if principal else f"authorizer:{authorizer}"
         return Identity(label, "custom_authorizer", thing, client_id, authorizer=authorizer, principal=principal)
     if cert:
-        return Identity(thing or f"cert:{cert[:12]}", "mtls", thing, client_id, cert)
+        label = thing or (f"cert:{cert[:12]} as {client_id}" if client_id else f"cert:{cert[:12]}")
+        return Identity(label, "mtls", thing, client_id, cert)
     source = (record.get("source") or "").rsplit(":", 1)[0]
     return Identity(f"no identity ({source or 'unknown source'})", None, None, client_id)
 

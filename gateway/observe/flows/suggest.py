@@ -20,10 +20,10 @@ _DIRS = {"iot:Publish": "publish", "iot:RetainPublish": "publish", "iot:Subscrib
 THING_VAR = "${iot:Connection.Thing.ThingName}"
 
 
-def _generalise(topic: str, thing: str | None) -> str:
-    if not thing:
-        return topic
-    return "/".join("{thing}" if level == thing else level for level in topic.split("/"))
+def _generalise(topic: str, thing: str | None, things: set[str]) -> str:
+    """A level naming the connection's own thing becomes {thing}; one naming another thing, '+'."""
+    return "/".join("{thing}" if thing and level == thing else "+" if level in things else level
+                    for level in topic.split("/"))
 
 
 def suggest(obs: Observation) -> tuple[list[dict], dict[str, dict]]:
@@ -37,7 +37,10 @@ def suggest(obs: Observation) -> tuple[list[dict], dict[str, dict]]:
             levels = ["+" if level in things else level for level in topic.split("/")]
             upstream.add((_DIRS[action], "/".join(levels)))
         else:
-            per_identity[key].add((_DIRS[action], _generalise(topic, ident.thing)))
+            per_identity[key].add((_DIRS[action], _generalise(topic, ident.thing, things)))
+    for key, ident in obs.identities.items():  # connected and sent nothing: a principal that may only connect
+        if key in obs.auth and ident.method != "upstream":
+            per_identity.setdefault(key, set())
     groups: dict[tuple, list[str]] = defaultdict(list)
     for key, flows in per_identity.items():
         ident = obs.identities[key]
@@ -88,8 +91,12 @@ def suggest(obs: Observation) -> tuple[list[dict], dict[str, dict]]:
     return principals, policies
 
 
-def _policy_topic(topic: str) -> str:
-    return topic.replace("{thing}", THING_VAR)
+def _policy_topic(topic: str, kind: str) -> str:
+    """A flows-file topic as a policy resource: in topic resources MQTT's '+' is written '*'."""
+    levels = [THING_VAR if level == "{thing}" else level for level in topic.split("/")]
+    if kind == "topic":
+        levels = ["*" if level in ("+", "#") else level for level in levels]
+    return "/".join(levels)
 
 
 def policy_for(table: dict) -> dict:
@@ -100,7 +107,7 @@ def policy_for(table: dict) -> dict:
         topics = table.get(direction)
         if topics:
             statements.append({"Effect": "Allow", "Action": action,
-                               "Resource": [f"arn:aws:iot:*:*:{kind}/{_policy_topic(t)}" for t in topics]})
+                               "Resource": [f"arn:aws:iot:*:*:{kind}/{_policy_topic(t, kind)}" for t in topics]})
     return {"Version": "2012-10-17", "Statement": statements}
 
 
