@@ -8,6 +8,7 @@ principal, named by their common name prefix. Each suggested policy passes ``pol
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from collections import defaultdict
@@ -53,9 +54,14 @@ def suggest(obs: Observation) -> tuple[list[dict], dict[str, dict]]:
         if method == "mtls" and all(i.thing for i in idents):
             names = [i.thing for i in idents]
             prefix = os.path.commonprefix(names)
-            pattern = names[0] if len(names) == 1 else prefix + "*"
-            base = (prefix.rstrip("-_:") or "things") if len(names) > 1 else names[0]
-            table.update(name=base, kind="thing", things=[pattern])
+            others = things - set(names)
+            if len(names) == 1:
+                patterns, base = names, names[0]
+            elif len(prefix) >= 3 and not any(fnmatch.fnmatchcase(o, prefix + "*") for o in others):
+                patterns, base = [prefix + "*"], prefix.rstrip("-_:")
+            else:  # no pattern names this group alone: the names themselves
+                patterns, base = sorted(names), f"group-{len(principals) + 1}"
+            table.update(name=base, kind="thing", things=patterns)
         elif method == "custom_authorizer":
             table.update(name=f"authorizer-{authorizer}", kind="service", authorizers=[authorizer])
         elif method == "sigv4":
