@@ -544,6 +544,7 @@ class Gateway:
         else:
             self._acceptor.set_trust(view.ca_pems)
         self.view = view
+        self.metrics.registry_version = view.counter
         self.metrics.registry_reloads += 1
         if not view.ca_pems:
             print("iotgate gateway: the registry holds no CA: every device will be refused until one is "
@@ -670,11 +671,13 @@ class Gateway:
     async def _serve(self, conn: Connection, sock: socket.socket, token: bool = False) -> None:
         try:
             acceptor = self._token_acceptor if token else self._acceptor
+            started = self.loop.time()
             try:
                 transport, _, tls = await acceptor.accept(sock, lambda: conn.device_protocol)
             except HandshakeFailed as exc:
                 self.record(_bare_event("tls", conn.addr, "refused", exc.key, exc.reason), None)
                 return
+            self.metrics.handshake_seconds.observe(self.loop.time() - started)
             conn.device = transport  # from here on every way out aborts it (the except clauses below)
             transport.set_write_buffer_limits(high=DEVICE_WRITE_HIGH_WATER)
             no_connect = False
@@ -891,6 +894,7 @@ class Gateway:
             await asyncio.sleep(interval)
             try:
                 counter = await self.loop.run_in_executor(self._executor, self._registry.change_counter)
+                self.metrics.registry_checked = self.metrics.clock()
                 if counter == self.view.counter:
                     failing = False
                     continue
@@ -910,6 +914,7 @@ class Gateway:
         """Switch to a new registry view: trust store, then every live session whose certificate changed."""
         old = self.view
         self.view = view
+        self.metrics.registry_version = view.counter
         self.metrics.registry_reloads += 1
         if self._acceptor.set_trust(view.ca_pems):
             self.metrics.tls_context_rebuilds += 1

@@ -219,6 +219,20 @@ def test_metrics_match_the_access_log(run):
                     labels = sample.labels
                     scraped[(labels["event"], labels["decision"], labels["kind"])] = int(sample.value)
     assert scraped == from_log
+    families = {f.name: f for f in text_string_to_metric_families(metrics)}
+    packets = Counter()
+    for r in logged:
+        for row in r.get("flows") or ():
+            packets[row["action"]] += row["count"]
+    assert {s.labels["action"]: int(s.value) for s in families["iotgate_flow_packets"].samples} == packets
+    allowed = {s.labels["action"]: int(s.value) for s in families["iotgate_authorization_decisions"].samples
+               if s.labels["outcome"] == "allowed"}
+    assert allowed["iot:Connect"] == from_log[("connect", "allowed", "connected")]
+    assert allowed["iot:Publish"] == packets["iot:Publish"]
+    handshakes = next(s.value for s in families["iotgate_tls_handshake_seconds"].samples if s.name.endswith("_count"))
+    # every connect event, allowed or refused, follows a completed handshake
+    assert handshakes >= sum(n for (event, _, _), n in from_log.items() if event == "connect") > 0
+    assert next(iter(families["iotgate_registry_version"].samples)).value > 0
     assert from_log[("tls", "refused", "no_client_certificate")] >= 1
 
 
