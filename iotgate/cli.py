@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from certs.errors import IotgateError
 from gateway.cli import broker, gateway
-from iotgate.commands import authorizer, ca, cert, fleet, flows, identity, loadtest, pki, policy, thing
+from iotgate.commands import authorizer, ca, cert, fleet, flows, identity, loadtest, pki, policy, stack, thing
 from iotgate.commands.qualify import qualify
 from iotgate.context import DEFAULT_HOME, AppContext, err_console
 
@@ -32,7 +32,7 @@ def cli(ctx: click.Context, home: Path, registry_url: str | None) -> None:
 
 
 for group in (pki.pki, cert.cert, ca.ca, thing.thing, policy.policy, authorizer.authorizer, identity.identity,
-              fleet.fleet, flows.flows, loadtest.loadtest, gateway, broker, qualify):
+              fleet.fleet, flows.flows, loadtest.loadtest, stack.stack, gateway, broker, qualify):
     cli.add_command(group)
 
 
