@@ -15,7 +15,7 @@ PROFILES: dict[str, dict[str, str]] = {
     # services reach each other by their compose names; only the gateway's 8883 is published (on loopback)
     "compose": {"gateway_host": "0.0.0.0", "gateway_port": "8883", "upstream": "mqtts://mosquitto:8884",
                 "metrics_host": "0.0.0.0", "metrics_port": "9464", "metrics_target": "gateway:9464",
-                "prometheus_url": "http://prometheus:9090", "dashboards_dir": "/iotgate/stack/grafana/dashboards"},
+                "prometheus_url": "http://prometheus:9090", "dashboards_dir": "/stack/grafana/dashboards"},
     # everything on this machine's loopback
     "native": {"gateway_host": "127.0.0.1", "gateway_port": "8883", "upstream": "mqtts://127.0.0.1:8884",
                "metrics_host": "127.0.0.1", "metrics_port": "9464", "metrics_target": "127.0.0.1:9464",
