@@ -9,6 +9,7 @@ COPY iotgate ./iotgate
 COPY certs ./certs
 COPY gateway ./gateway
 COPY devices ./devices
+COPY loadtests ./loadtests
 RUN pip install --no-cache-dir . && rm -rf /src
 WORKDIR /iotgate
 ENV IOTGATE_HOME=/iotgate

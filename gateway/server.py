@@ -580,6 +580,7 @@ class Gateway:
         else:
             self._acceptor.set_trust(view.ca_pems)
         self.view = view
+        self.metrics.registry_version = view.counter
         self.metrics.registry_reloads += 1
         self.watcher = RegistryWatcher(self, self._registry, self._executor,
                                        poll_interval=cfg.limits.registry_poll_interval,
@@ -743,11 +744,13 @@ class Gateway:
             if self.proxy is not None and not await self._proxied_source(conn, sock):
                 return
             acceptor = self._token_acceptor if token else self._acceptor
+            started = self.loop.time()
             try:
                 transport, _, tls = await acceptor.accept(sock, lambda: conn.device_protocol)
             except HandshakeFailed as exc:
                 self.record(_bare_event("tls", conn.addr, "refused", exc.key, exc.reason), None)
                 return
+            self.metrics.handshake_seconds.observe(self.loop.time() - started)
             conn.device = transport  # from here on every way out aborts it (the except clauses below)
             transport.set_write_buffer_limits(high=DEVICE_WRITE_HIGH_WATER)
             no_connect = False
@@ -997,6 +1000,7 @@ class Gateway:
         (with ``changes``, the view's difference from the current one: only the sessions they touch)."""
         old = self.view
         self.view = view
+        self.metrics.registry_version = view.counter
         self.metrics.registry_reloads += 1
         if changes is None or changes.cas:
             if self._acceptor.set_trust(view.ca_pems):

@@ -11,8 +11,8 @@ from rich.markup import escape
 
 from certs.errors import IotgateError
 from gateway.cli import broker, gateway
-from iotgate.commands import (authorizer, aws, ca, cert, fleet, identity, job, loadtest, pki, policy, shadow,
-                              template, thing, thing_group)
+from iotgate.commands import (authorizer, aws, ca, cert, fleet, flows, identity, job, loadtest, pki, policy, shadow,
+                              stack, template, thing, thing_group)
 from iotgate.commands.qualify import qualify
 from iotgate.context import DEFAULT_HOME, AppContext, err_console
 
@@ -33,8 +33,8 @@ def cli(ctx: click.Context, home: Path, registry_url: str | None) -> None:
 
 
 for group in (pki.pki, cert.cert, ca.ca, thing.thing, thing_group.thing_group, policy.policy, template.template,
-              authorizer.authorizer, identity.identity, fleet.fleet, loadtest.loadtest, shadow.shadow, job.job, aws.aws,
-              gateway, broker, qualify):
+              authorizer.authorizer, identity.identity, fleet.fleet, flows.flows, loadtest.loadtest, stack.stack,
+              shadow.shadow, job.job, aws.aws, gateway, broker, qualify):
     cli.add_command(group)
 
 

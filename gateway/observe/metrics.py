@@ -2,6 +2,8 @@
 
 Every access-log event is counted by (event, decision, kind): accepted and refused connections by reason,
 denied publishes / subscriptions / deliveries by reason. Message counters and gauges come from the server.
+Authorization decisions by action and outcome, and the allowed packets and bytes per action, are counted from the
+same events (a session's allowed flows when it ends), so /metrics and the access log always agree.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 PROM_CONTENT_TYPE = CONTENT_TYPE_LATEST
+HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
@@ -28,11 +31,26 @@ class Metrics:
         self.info: dict[str, str] = {}
         self.registry_reloads = 0
         self.tls_context_rebuilds = 0
+        self.registry_version = 0
+        self.decisions: Counter[tuple[str, str]] = Counter()  # (action, outcome)
+        self.flow_packets: Counter[str] = Counter()  # allowed packets by action
+        self.flow_bytes: Counter[str] = Counter()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
+        self.handshake_seconds = Histogram("iotgate_tls_handshake_seconds", "Completed device TLS handshakes.",
+                                           buckets=HANDSHAKE_BUCKETS, registry=self.registry)
 
     def observe(self, event: dict) -> None:
-        self.events[(event.get("event") or "", event.get("decision") or "", event.get("kind") or "")] += 1
+        decision = event.get("decision") or ""
+        self.events[(event.get("event") or "", decision, event.get("kind") or "")] += 1
+        action = event.get("action")
+        if action and decision in ("allowed", "denied", "refused", "throttled"):
+            self.decisions[(action, "allowed" if decision == "allowed" else "denied")] += 1
+        for row in event.get("flows") or ():
+            name = row.get("action") or "other"
+            self.decisions[(name, "allowed")] += row["count"]
+            self.flow_packets[name] += row["count"]
+            self.flow_bytes[name] += row["bytes"]
 
     # ------------------------------------------------------------------ views
 
@@ -99,3 +117,20 @@ class _Collector(Collector):
                                   value=m.tls_context_rebuilds)
         yield GaugeMetricFamily("iotgate_start_time_seconds", "Start time of the gateway, Unix seconds.",
                                 value=m.started)
+        decisions = CounterMetricFamily("iotgate_authorization_decisions",
+                                        "Policy decisions by action and outcome (allowed ones counted when the "
+                                        "session ends).", labels=["action", "outcome"])
+        for (action, outcome), n in sorted(m.decisions.items()):
+            decisions.add_metric([action, outcome], n)
+        yield decisions
+        packets = CounterMetricFamily("iotgate_flow_packets", "Allowed packets by action (iot:Publish: device to "
+                                      "broker, iot:Receive: broker to device), counted when the session ends.",
+                                      labels=["action"])
+        sizes = CounterMetricFamily("iotgate_flow_bytes", "Bytes of the allowed packets by action.", labels=["action"])
+        for action in sorted(m.flow_packets):
+            packets.add_metric([action], m.flow_packets[action])
+            sizes.add_metric([action], m.flow_bytes[action])
+        yield packets
+        yield sizes
+        yield GaugeMetricFamily("iotgate_registry_version", "The registry change counter of the gateway's view.",
+                                value=m.registry_version)
