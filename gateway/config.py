@@ -7,6 +7,7 @@
     upstream = "mqtts://127.0.0.1:8884"      # or "unix:///path/mqtt.sock"
     registry = "sqlite:////abs/registry.db"  # default: registry.db in the home
     region = "us-east-1"
+    tls_engine = "pyopenssl"                 # device TLS: pyOpenSSL over memory BIOs, or "stdlib" (ssl + uvloop)
 
     [limits]                                 # every field of Limits, e.g.
     handshake_timeout = 10.0
@@ -31,6 +32,7 @@ from typing import Any
 
 from certs.errors import IotgateError
 from certs.store import GATEWAY_CLIENT_CN
+from gateway.auth.tls import TLS_ENGINES
 from gateway.mqtt import DEFAULT_MAX_PACKET_SIZE, MAX_PAYLOAD_SIZE
 
 DEFAULT_PORT = 8883
@@ -89,6 +91,9 @@ class GatewayConfig:
     # otherwise MQTT over WebSocket on /mqtt (SigV4 or a custom authorizer). None: not opened.
     token_port: int | None = None
     upstream: str = DEFAULT_UPSTREAM
+    # who terminates device TLS: "pyopenssl" (the OpenSSL bundled with cryptography, over memory BIOs) or
+    # "stdlib" (the ssl module through the event loop's TLS transport); both verify the same way
+    tls_engine: str = "pyopenssl"
     upstream_username: str = GATEWAY_CLIENT_CN
     upstream_password_file: Path | None = None
     region: str = "us-east-1"
@@ -140,7 +145,7 @@ _SECTIONS = {
     "gateway": {
         "registry": "str", "host": "str", "port": "port", "token_port": "port0", "upstream": "str",
         "upstream_username": "str",
-        "upstream_password_file": "path", "region": "str", "account": "str",
+        "upstream_password_file": "path", "region": "str", "account": "str", "tls_engine": "engine",
     },
     "limits": {f.name: ("float" if f.type == "float" else "int") for f in dataclasses.fields(Limits)},
     "observe": {
@@ -160,6 +165,10 @@ def _check(source: str, section: str, key: str, kind: str, value: Any, home: Pat
     if kind in ("str", "str?"):
         if not isinstance(value, str) or (kind == "str" and not value.strip()):
             raise ConfigError(f"{where} must be a non-empty string, got {value!r}")
+        return value
+    if kind == "engine":
+        if value not in TLS_ENGINES:
+            raise ConfigError(f"{where} must be one of {', '.join(map(repr, TLS_ENGINES))}, got {value!r}")
         return value
     if kind == "path":
         if not isinstance(value, str) or not value.strip():
@@ -244,6 +253,9 @@ def validate(cfg: GatewayConfig, *, source: str = "configuration") -> None:
                           f"({lim.max_packet_size}); one delivery must fit in it")
     if lim.decision_cache_size < 2:
         raise ConfigError(f"{source}: limits.decision_cache_size must be at least 2, got {lim.decision_cache_size}")
+    if cfg.tls_engine not in TLS_ENGINES:
+        raise ConfigError(f"{source}: gateway.tls_engine must be one of {', '.join(map(repr, TLS_ENGINES))}, "
+                          f"got {cfg.tls_engine!r}")
     from gateway.upstream.link import UpstreamError, parse_upstream_url
 
     try:
