@@ -9,6 +9,7 @@
     proxy_protocol = false                   # true: PROXY protocol v2 headers from trusted_proxies name the device
     trusted_proxies = ["10.0.0.0/24"]        # addresses (CIDR) of the TCP load balancers allowed to send them
     region = "us-east-1"
+    tls_engine = "pyopenssl"                 # device TLS: pyOpenSSL over memory BIOs, or "stdlib" (ssl + uvloop)
 
     [limits]                                 # every field of Limits, e.g.
     handshake_timeout = 10.0
@@ -34,6 +35,7 @@ from typing import Any
 
 from certs.errors import IotgateError
 from certs.store import GATEWAY_CLIENT_CN
+from gateway.auth.tls import TLS_ENGINES
 from gateway.mqtt import DEFAULT_MAX_PACKET_SIZE, MAX_PAYLOAD_SIZE
 
 DEFAULT_PORT = 8883
@@ -92,6 +94,9 @@ class GatewayConfig:
     # otherwise MQTT over WebSocket on /mqtt (SigV4 or a custom authorizer). None: not opened.
     token_port: int | None = None
     upstream: str = DEFAULT_UPSTREAM
+    # who terminates device TLS: "pyopenssl" (the OpenSSL bundled with cryptography, over memory BIOs) or
+    # "stdlib" (the ssl module through the event loop's TLS transport); both verify the same way
+    tls_engine: str = "pyopenssl"
     upstream_username: str = GATEWAY_CLIENT_CN
     upstream_password_file: Path | None = None
     region: str = "us-east-1"
@@ -147,7 +152,7 @@ _SECTIONS = {
         "registry": "str", "host": "str", "port": "port", "token_port": "port0", "upstream": "str",
         "upstream_username": "str",
         "upstream_password_file": "path", "region": "str", "account": "str", "proxy_protocol": "bool",
-        "trusted_proxies": "cidrs",
+        "trusted_proxies": "cidrs", "tls_engine": "engine",
     },
     "limits": {f.name: ("float" if f.type == "float" else "int") for f in dataclasses.fields(Limits)},
     "observe": {
@@ -182,6 +187,10 @@ def _check(source: str, section: str, key: str, kind: str, value: Any, home: Pat
             except ValueError:
                 raise ConfigError(f"{where}: {v!r} is not an IP address or network (CIDR)") from None
         return tuple(v.strip() for v in value)
+    if kind == "engine":
+        if value not in TLS_ENGINES:
+            raise ConfigError(f"{where} must be one of {', '.join(map(repr, TLS_ENGINES))}, got {value!r}")
+        return value
     if kind == "path":
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{where} must be a file path (a string), got {value!r}")
@@ -274,6 +283,9 @@ def validate(cfg: GatewayConfig, *, source: str = "configuration") -> None:
         except ValueError:
             raise ConfigError(f"{source}: gateway.trusted_proxies: {value!r} is not an IP address or network "
                               "(CIDR)") from None
+    if cfg.tls_engine not in TLS_ENGINES:
+        raise ConfigError(f"{source}: gateway.tls_engine must be one of {', '.join(map(repr, TLS_ENGINES))}, "
+                          f"got {cfg.tls_engine!r}")
     from gateway.upstream.link import UpstreamError, parse_upstream_url
 
     try:

@@ -49,7 +49,6 @@ from gateway.auth import (
     AuthView,
     HandshakeFailed,
     Principal,
-    StdlibTLSAcceptor,
     TLSAcceptor,
     X509Authenticator,
     empty_view,
@@ -57,7 +56,7 @@ from gateway.auth import (
 from gateway.auth import sigv4
 from gateway.auth.access_keys import SigV4Authenticator
 from gateway.auth.authorizers import NAME_PARAM, Credentials, CustomAuthenticator
-from gateway.auth.tls import DEVICE_ALPN, TOKEN_ALPN
+from gateway.auth.tls import DEVICE_ALPN, TOKEN_ALPN, make_acceptor
 from gateway.config import GatewayConfig
 from gateway.mqtt import Framer, MQTTProtocolError, PacketType, decode
 from gateway.observe import AccessLog, Metrics
@@ -575,8 +574,8 @@ class Gateway:
                 raise FileNotFoundError(f"{path}: missing; the gateway's server certificate comes from "
                                         f"`iotgate --home {cfg.home} pki init`")
         if self._acceptor is None:
-            self._acceptor = StdlibTLSAcceptor(pki.server_cert, pki.server_key, view.ca_pems,
-                                               handshake_timeout=cfg.limits.handshake_timeout, alpn=DEVICE_ALPN)
+            self._acceptor = make_acceptor(cfg.tls_engine, pki.server_cert, pki.server_key, view.ca_pems,
+                                           handshake_timeout=cfg.limits.handshake_timeout, alpn=DEVICE_ALPN)
         else:
             self._acceptor.set_trust(view.ca_pems)
         self.view = view
@@ -593,9 +592,9 @@ class Gateway:
         listen = f"{cfg.host}:{self.port}"
         if cfg.token_port is not None:
             if self._token_acceptor is None:
-                self._token_acceptor = StdlibTLSAcceptor(pki.server_cert, pki.server_key,
-                                                         handshake_timeout=cfg.limits.handshake_timeout,
-                                                         client_certificates=False, alpn=TOKEN_ALPN)
+                self._token_acceptor = make_acceptor(cfg.tls_engine, pki.server_cert, pki.server_key,
+                                                     handshake_timeout=cfg.limits.handshake_timeout,
+                                                     client_certificates=False, alpn=TOKEN_ALPN)
             try:
                 self._token_listener = _listen(cfg.host, cfg.token_port, "--token-port")
             except OSError:

@@ -7,7 +7,8 @@ changes; a connection uses the context current when it was accepted.
 
 ``TLSAcceptor`` is the seam: ``accept(sock, protocol_factory)`` returns the transport wired to the protocol
 and what the handshake established (peer certificate, SNI, version). The session code never sees which
-implementation ran the handshake (stdlib ssl on the event loop here; a memory-BIO one can replace it).
+implementation ran the handshake: stdlib ssl on the event loop (``StdlibTLSAcceptor``, here), or pyOpenSSL over
+memory BIOs (``gateway.auth.tls_engine``, the default); ``make_acceptor`` picks one by name (``tls_engine``).
 
 What the shell needs of the returned transport: ``writelines``, ``close`` (flush, then close_notify),
 ``abort``, ``is_closing``, ``pause_reading`` / ``resume_reading``; and it calls the protocol's
@@ -92,23 +93,31 @@ def server_context(cert: Path, key: Path, ca_pems: Sequence[str], *, client_cert
     return ctx
 
 
+def classify_reason(reason: str, verify_message: str | None = None) -> HandshakeFailed:
+    """A handshake failure from OpenSSL's reason (its macro name, e.g. ``CERTIFICATE_VERIFY_FAILED``) and, for a
+    refused chain, the verification's message; shared by both engines so they log the same keys."""
+    if reason == "CERTIFICATE_VERIFY_FAILED" or verify_message:
+        detail = verify_message or reason
+        key = "certificate_expired" if "expired" in detail else "certificate_verify_failed"
+        return HandshakeFailed(key, f"client certificate refused: {detail}")
+    if reason in ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "CERTIFICATE_REQUIRED"):
+        return HandshakeFailed("no_client_certificate", "no client certificate presented")
+    if reason in ("UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION", "NO_PROTOCOLS_AVAILABLE"):
+        return HandshakeFailed("tls_version", f"TLS version refused ({reason}); TLS 1.2 or 1.3 is required")
+    if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE",
+                  "PACKET_LENGTH_TOO_LONG"):
+        return HandshakeFailed("not_tls", f"not a TLS handshake ({reason}): plaintext on the TLS port?")
+    return HandshakeFailed("handshake_failed", f"TLS handshake failed: {reason}")
+
+
 def classify(exc: BaseException) -> HandshakeFailed:
-    """A handshake failure as (metric label, reason text)."""
+    """A stdlib handshake failure as (metric label, reason text)."""
     if isinstance(exc, HandshakeFailed):
         return exc
     if isinstance(exc, ssl.SSLCertVerificationError):
-        detail = exc.verify_message or exc.reason or str(exc)
-        key = "certificate_expired" if "expired" in detail else "certificate_verify_failed"
-        return HandshakeFailed(key, f"client certificate refused: {detail}")
+        return classify_reason("CERTIFICATE_VERIFY_FAILED", exc.verify_message or exc.reason or str(exc))
     if isinstance(exc, ssl.SSLError):
-        reason = exc.reason or ""
-        if reason in ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "CERTIFICATE_REQUIRED"):
-            return HandshakeFailed("no_client_certificate", "no client certificate presented")
-        if reason in ("UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION", "NO_PROTOCOLS_AVAILABLE"):
-            return HandshakeFailed("tls_version", f"TLS version refused ({reason}); TLS 1.2 or 1.3 is required")
-        if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE"):
-            return HandshakeFailed("not_tls", f"not a TLS handshake ({reason}): plaintext on the TLS port?")
-        return HandshakeFailed("handshake_failed", f"TLS handshake failed: {reason or exc}")
+        return classify_reason(exc.reason or str(exc))
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) or "taking longer" in str(exc):
         return HandshakeFailed("handshake_timeout", "TLS handshake did not complete within the deadline")
     if isinstance(exc, (ConnectionError, EOFError)):
@@ -118,6 +127,8 @@ def classify(exc: BaseException) -> HandshakeFailed:
 
 class StdlibTLSAcceptor:
     """uvloop/asyncio + stdlib ssl: ``connect_accepted_socket`` with the current server context."""
+
+    name = "stdlib"
 
     def __init__(self, cert: Path, key: Path, ca_pems: Sequence[str] = (), *, handshake_timeout: float = 10.0,
                  client_certificates: bool = True, alpn: Sequence[str] = ()) -> None:
@@ -163,3 +174,18 @@ class StdlibTLSAcceptor:
         cipher = sslobj.cipher()
         return transport, protocol, PeerTLS(der or b"", getattr(sslobj, "iotgate_sni", None), sslobj.version(),
                                             cipher[0] if cipher else None, sslobj.selected_alpn_protocol())
+
+
+#: The engines ``tls_engine`` (gateway config) chooses from; pyOpenSSL is the default (gateway.auth.tls_engine).
+TLS_ENGINES = ("pyopenssl", "stdlib")
+
+
+def make_acceptor(engine: str, cert: Path, key: Path, ca_pems: Sequence[str] = (), **options) -> TLSAcceptor:
+    """The acceptor of ``engine`` ("pyopenssl" or "stdlib"), with StdlibTLSAcceptor's options."""
+    if engine == "stdlib":
+        return StdlibTLSAcceptor(cert, key, ca_pems, **options)
+    if engine == "pyopenssl":
+        from gateway.auth.tls_engine import OpenSSLTLSAcceptor
+
+        return OpenSSLTLSAcceptor(cert, key, ca_pems, **options)
+    raise ValueError(f"unknown TLS engine {engine!r}: choose {' or '.join(TLS_ENGINES)}")
