@@ -37,6 +37,12 @@ from devices.reference import ClosedBeforeConnack, PahoDevice
 from devices.report import Outcome
 from gateway.upstream.mosquitto import free_port
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from demo_report import write_report  # noqa: E402  (deploy/ is not a package)
+
+DEPLOY = Path(__file__).resolve().parent
+REPORT_DIR = Path("demo-report")
+
 console = Console(highlight=False, width=max(100, shutil.get_terminal_size((120, 30)).columns))
 IOTGATE = [str(Path(sys.executable).with_name("iotgate"))]
 
@@ -256,6 +262,15 @@ def run_stack(home: Path, base: Path, things: list[str], revoked: str, summary: 
         wildcard.connect()
         check(things[25], "subscribe to # (everything)", "refused",
               attempt(lambda: _suback(wildcard.subscribe("#"))))
+        for c in clients:
+            c.close()
+        # a short fleet run with every attacker kind: its latency figures go into the report
+        proc = run(["fleet", "run", "--target", "gateway", "--endpoint", f"127.0.0.1:{gateway_port}", "--devices", "10",
+                    "--duration", "5", "--scenario", str(DEPLOY / "scenarios" / "attackers.toml"), "--report",
+                    str(base / "fleet-report")], home=home, expect=(0, 1), quiet=True)
+        check("fleet run", "10 devices and 13 attacker kinds (deploy/scenarios/attackers.toml)", "allowed",
+              ("allowed" if proc.returncode == 0 else "refused", proc.stdout.strip().splitlines()[-1][:80]
+               if proc.stdout.strip() else "no output"))
     finally:
         for c in clients:
             c.close()
@@ -274,6 +289,14 @@ def run_stack(home: Path, base: Path, things: list[str], revoked: str, summary: 
     console.print(table)
     print_access_log(home / "gateway-access.log")
     run(["gateway", "stats"], home=home)
+    check_proc = run(["flows", "check", "--declared", str(DEPLOY / "flows.toml")], home=home, expect=(0, 1), quiet=True)
+    console.print(check_proc.stdout.strip().splitlines()[-1] if check_proc.stdout.strip() else check_proc.stderr)
+    report = write_report(REPORT_DIR.resolve(), declared_file=DEPLOY / "flows.toml",
+                          access_log=home / "gateway-access.log", fleet_report=base / "fleet-report" / "report.json",
+                          rows=rows)
+    summary.append(("flows check", "deploy/flows.toml vs the access log", "PASS" if check_proc.returncode == 0
+                    else "FAIL: undeclared flows (see the report)"))
+    summary.append(("report", "flows diagram, latency plots, allowed/refused", str(report)))
     summary.append(("gateway stack", f"{sum(1 for r in rows if r[2] == 'allowed')} allowed, "
                                      f"{sum(1 for r in rows if r[2] == 'refused')} refused checks",
                     "as expected" if ok else "MISMATCH"))
@@ -391,6 +414,9 @@ def main() -> int:
         console.print(table)
         if opts.keep:
             console.print(f"demo home kept in {home}")
+        report = REPORT_DIR.resolve() / "report.html"
+        if report.exists():
+            console.print(f"report: {report}")
         if not stack_ok:
             console.print("[bold red]demo failed:[/] an outcome differed from what was expected (see above)")
             return 1

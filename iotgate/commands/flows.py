@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 
 import click
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from certs.keys import write_file
 from gateway.observe.flows import compare, load_declared, observe, read_logs
 from gateway.observe.flows.draw import mermaid, render
+from gateway.observe.flows.home import home_ca_aliases
 from gateway.observe.flows.log import parse_since
 from gateway.observe.flows.model import FlowsError
+from gateway.registry import NotFound
 from gateway.observe.flows.suggest import lint_findings, suggest, to_toml
 from iotgate.context import AppContext, console, emit_json, emit_table, err_console, pass_app
 
@@ -45,22 +44,14 @@ def _load(app: AppContext, logs: tuple[Path, ...], since: str | None):
 def _context(app: AppContext, obs) -> tuple[dict, dict]:
     """Thing types of the things seen (registry), and the home's CA aliases: issuing, root, upstream."""
     thing_types: dict = {}
-    aliases: dict[str, set[str]] = {}
-    store = app.store
-    for alias, path in (("issuing", store.paths.home / "issuing-ca.pem"), ("root", store.paths.home / "root-ca.pem"),
-                        ("upstream", store.paths.upstream_ca_cert)):
-        try:
-            cert = x509.load_pem_x509_certificate(path.read_bytes())
-        except (OSError, ValueError):
-            continue
-        aliases[alias] = {hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest(), cert.subject.rfc4514_string()}
+    aliases = home_ca_aliases(app.home)
     things = {i.thing for i in obs.identities.values() if i.thing}
     if things and (app.registry_url or (app.home / "registry.db").exists()):
         registry = app.registry()
         for name in things:
             try:
                 thing_types[name] = registry.get_thing(name).thing_type
-            except Exception:  # a thing deleted since: no type
+            except NotFound:  # a thing deleted since: no type
                 thing_types[name] = None
     return thing_types, aliases
 

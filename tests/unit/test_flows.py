@@ -208,3 +208,26 @@ def test_mermaid_names_principals_and_marks_the_unintended():
     for name in ("sensors", "apps", "cam-1", "gateway", "broker"):
         assert name in text
     assert "UNDECLARED" in text and "REFUSED" in text and "stroke:#d62728" in text
+
+
+def test_demo_report_has_the_diagram_the_plots_and_the_tables(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("demo_report", Path(__file__).parents[2] / "deploy" / "demo_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    log = tmp_path / "gateway-access.log"
+    records = GOOD + [connect("cam-1"), session_end("cam-1", ("iot:Publish", "dt/cam-1/x")),
+                      refused("certificate_revoked", thing="dev-9", certificate_id="9" * 64)]
+    log.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "_node"}) + "\n" for r in records))
+    (tmp_path / "flows.toml").write_text(DECLARED)
+    fleet = tmp_path / "report.json"
+    phase = {"count": 3, "min_ms": 1.0, "p50_ms": 2.0, "p90_ms": 3.0, "p99_ms": 4.0, "max_ms": 5.0}
+    fleet.write_text(json.dumps({"latency": {"tls": phase, "e2e": phase}}))
+    path = module.write_report(tmp_path / "out", declared_file=tmp_path / "flows.toml", access_log=log,
+                               fleet_report=fleet, rows=[("dev-9", "connect", "refused", "refused", "CONNACK 0x87")])
+    text = path.read_text()
+    assert text.count("<svg") == 3  # flows, handshake, end to end
+    assert "class=FAIL" in text and "cam-1" in text and "certificate_revoked" in text and "CONNACK 0x87" in text

@@ -121,7 +121,7 @@ def render(declared: Declared, cmp: Comparison, path: str | Path) -> Path:
                     arrowprops=dict(arrowstyle="->", color=colours[style], lw=2 if style == "unintended" else 1.2,
                                     linestyle="--" if style == "refused" else "-"))
         short = label if len(label) <= 70 else label[:67] + "..."
-        ax.text((x1 + x2) / 2 + 0.1, (y1 + y2) / 2 + dy + 0.08, short, fontsize=6.5, color=colours[style],
+        ax.text((x1 + x2) / 2 + 0.1, (y1 + y2) / 2 + dy + (0.3 if y1 == y2 else 0.08), short, fontsize=6.5, color=colours[style],
                 ha="center")
     ax.set_title("declared and observed flows (red: undeclared, orange dashed: refused)", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
