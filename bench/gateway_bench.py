@@ -9,7 +9,7 @@
 CPU comes from /proc/<pid>/stat (user + system), memory from VmRSS; the client is a lean asyncio client
 on the project's own codec, one SSLContext per device identity, built before the clock starts.
 
-    .venv/bin/python bench/gateway_bench.py [--devices 500]
+    .venv/bin/python bench/gateway_bench.py [--devices 500] [--tls-engines pyopenssl,stdlib] [--upstreams mtls,unix]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import datetime as dt
 import os
 import resource
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -98,13 +99,16 @@ async def hold_fleet(host: str, port: int, contexts: dict[str, ssl.SSLContext], 
 class GatewayProcess:
     """`iotgate gateway run` as a user starts it, on a free port; ready once it accepts."""
 
-    def __init__(self, home: Path, base: Path, upstream: str) -> None:
+    def __init__(self, home: Path, base: Path, upstream: str, tls_engine: str = "pyopenssl") -> None:
         self.port = free_port()
         self.log = base / "gateway.log"
+        config = base / f"gateway-{tls_engine}.toml"
+        config.write_text(f'[gateway]\ntls_engine = "{tls_engine}"\n')
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [str(Path(sys.executable).with_name("iotgate")), "--home", str(home), "gateway", "run",
-                 "--port", str(self.port), "--upstream", upstream], stdout=subprocess.DEVNULL, stderr=log)
+                 "--config", str(config), "--port", str(self.port), "--upstream", upstream],
+                stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + 15
         while True:
             try:
@@ -126,10 +130,30 @@ class GatewayProcess:
             self.process.wait(10)
 
 
+def _profiler(pid: int, base: Path, label: str) -> subprocess.Popen | None:
+    """With IOTGATE_BENCH_PROFILE=DIR: py-spy samples the gateway while the fleet connects (collapsed stacks in
+    DIR/<label>.txt; the profiler's own overhead inflates that run's figures)."""
+    out = os.environ.get("IOTGATE_BENCH_PROFILE")
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not out or not Path(spy).exists():
+        return None
+    target = Path(out) / (label.replace(" ", "-").replace(",", "") + ".txt")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250", "--nonblocking",
+                             "-o", str(target)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return proc
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=500)
+    parser.add_argument("--tls-engines", default="pyopenssl,stdlib",
+                        help="the gateway's device TLS engines to measure, comma-separated (gateway.tls_engine)")
+    parser.add_argument("--upstreams", default="mtls,unix", help="upstream modes to measure: mtls, unix")
     opts = parser.parse_args()
+    engines = [e for e in opts.tls_engines.split(",") if e]
+    modes = [m for m in opts.upstreams.split(",") if m]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8 * opts.devices + 1024)), hard))
     base = Path(tempfile.mkdtemp(prefix="iotgate-gwbench-", dir=Path.cwd()))
@@ -153,13 +177,21 @@ def main() -> int:
             m_cpu, m_rss = cpu / opts.devices, rss / opts.devices
             print(f"Mosquitto direct, {opts.devices} mTLS devices: {m_cpu * 1e6:,.0f} us CPU per CONNECT, "
                   f"{m_rss / 1024:,.1f} KiB RSS per idle connection ({opts.devices / wall:,.0f} connects/s)")
-            for label, upstream in (("mTLS upstream", mtls_url), ("unix-socket upstream", unix_url)):
-                gateway = GatewayProcess(home, base, upstream)
+            runs = [(engine, label, upstream) for engine in engines
+                    for mode, label, upstream in (("mtls", "mTLS upstream", mtls_url),
+                                                  ("unix", "unix-socket upstream", unix_url)) if mode in modes]
+            for engine, label, upstream in runs:
+                label = f"{engine} TLS, {label}"
+                gateway = GatewayProcess(home, base, upstream, engine)
+                profiler = _profiler(gateway.pid, base, label)
                 try:
                     b_cpu0 = cpu_seconds(broker.pid)
                     cpu, rss, wall = asyncio.run(hold_fleet("127.0.0.1", gateway.port, contexts, gateway.pid))
                     b_cpu = cpu_seconds(broker.pid) - b_cpu0
                 finally:
+                    if profiler is not None:
+                        profiler.send_signal(signal.SIGINT)
+                        profiler.wait(30)
                     gateway.stop()
                 g_cpu, g_rss = cpu / opts.devices, rss / opts.devices
                 print(f"gateway ({label}), {opts.devices} mTLS devices: {g_cpu * 1e6:,.0f} us CPU per CONNECT "
