@@ -62,17 +62,35 @@ def gateway() -> None:
               help="JSON access log file ('-' for standard output).  [default: gateway-access.log in the home]")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve /metrics (Prometheus) and /stats on 127.0.0.1:PORT (0: off).")
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Worker processes sharing the port (SO_REUSEPORT), each a full gateway.  [default: the number "
+                   "of cores]")
 def run(config_path: Path | None, host: str | None, port: int | None, token_port: int | None,
-        upstream: str | None, access_log: str | None, metrics_port: int | None) -> None:
-    """Run the gateway until Ctrl-C (SIGINT) or SIGTERM, then drain live sessions."""
+        upstream: str | None, access_log: str | None, metrics_port: int | None, workers: int | None) -> None:
+    """Run the gateway until Ctrl-C (SIGINT) or SIGTERM, then drain live sessions; SIGHUP reloads the
+    configuration file and the registry (sessions the new state refuses are closed)."""
     from gateway.config import load_config
     from gateway.server import run as run_gateway
+    from gateway.workers import ConfigSource, Supervisor, default_workers
 
     home = _home()
     require_home(home)
-    cfg = load_config(home, config_path, host=host, port=port, token_port=token_port, upstream=upstream,
-                      access_log=access_log,
-                      metrics_port=metrics_port, registry=_registry_url())
+    overrides = dict(host=host, port=port, token_port=token_port, upstream=upstream, access_log=access_log,
+                     metrics_port=metrics_port, registry=_registry_url())
+    source = ConfigSource(home, config_path, overrides)
+    cfg = load_config(home, config_path, **overrides)
+    workers = workers or default_workers()
+    if workers > 1:
+        supervisor = Supervisor(source, workers)
+
+        def started(sup) -> None:
+            err_console.print(f"iotgate gateway: {workers} workers on [bold]{cfg.host}:{sup.port}[/] (SO_REUSEPORT)"
+                              + (f", tokens on {cfg.host}:{sup.token_port}" if sup.token_port else "")
+                              + f"; access log {cfg.access_log_target or 'off'}"
+                              + (f"; metrics http://{cfg.metrics_host}:{cfg.metrics_port}/metrics (summed)"
+                                 if cfg.metrics_port else ""))
+
+        raise SystemExit(supervisor.run(on_ready=started))
 
     def ready(gw) -> None:
         log = cfg.access_log_target or "off"
@@ -83,7 +101,7 @@ def run(config_path: Path | None, host: str | None, port: int | None, token_port
                           f"stats {cfg.stats_path}" + (f"; metrics http://{cfg.metrics_host}:{cfg.metrics_port}"
                                                        "/metrics" if cfg.metrics_port else ""))
 
-    run_gateway(cfg, on_ready=ready)
+    run_gateway(cfg, on_ready=ready, reload=lambda: source.load())
 
 
 @gateway.command("stats")

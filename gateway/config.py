@@ -110,6 +110,11 @@ class GatewayConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
     limits: Limits = dataclasses.field(default_factory=Limits)
+    # set by `gateway run --workers N` for each worker process: its number (access-log field), SO_REUSEPORT on
+    # the listeners, and the file its Prometheus text goes to (the supervisor serves the sum)
+    worker: int | None = None
+    reuse_port: bool = False
+    metrics_file: Path | None = None
 
     @property
     def registry_url(self) -> str:
@@ -129,7 +134,8 @@ class GatewayConfig:
 
     @property
     def stats_path(self) -> Path:
-        return self.stats_file or (self.home / "gateway-stats.json")
+        path = self.stats_file or (self.home / "gateway-stats.json")
+        return path if self.worker is None else path.with_name(f"{path.stem}.worker{self.worker}{path.suffix}")
 
     @property
     def access_log_target(self) -> str | Path | None:

@@ -587,7 +587,7 @@ class Gateway:
         if not view.ca_pems:
             print("iotgate gateway: the registry holds no CA: every device will be refused until one is "
                   "registered (`iotgate pki init` registers the home's CAs)", file=sys.stderr)
-        self._listener = _listen(cfg.host, cfg.port, "--port")
+        self._listener = _listen(cfg.host, cfg.port, "--port", reuse_port=cfg.reuse_port)
         self.port = self._listener.getsockname()[1]
         listen = f"{cfg.host}:{self.port}"
         if cfg.token_port is not None:
@@ -596,7 +596,7 @@ class Gateway:
                                                      handshake_timeout=cfg.limits.handshake_timeout,
                                                      client_certificates=False, alpn=TOKEN_ALPN)
             try:
-                self._token_listener = _listen(cfg.host, cfg.token_port, "--token-port")
+                self._token_listener = _listen(cfg.host, cfg.token_port, "--token-port", reuse_port=cfg.reuse_port)
             except OSError:
                 self._listener.close()
                 raise
@@ -1001,6 +1001,7 @@ class Gateway:
         self.view = view
         self.metrics.registry_version = view.counter
         self.metrics.registry_reloads += 1
+        self.metrics.gauges["registry_change_counter"] = view.counter
         if changes is None or changes.cas:
             if self._acceptor.set_trust(view.ca_pems):
                 self.metrics.tls_context_rebuilds += 1
@@ -1036,9 +1037,32 @@ class Gateway:
                         self._tasks.add(task)
                         task.add_done_callback(self._tasks.discard)
 
+    async def reload(self, config: GatewayConfig) -> None:
+        """SIGHUP: new limits, PROXY and rate settings for new connections, the registry (and so the CA set) read
+        again in full; every live session is re-checked against it and those it refuses are closed. Listen
+        addresses, upstream and server certificate stay as started."""
+        kept = ("host", "port", "token_port", "upstream", "registry", "reuse_port", "worker", "metrics_file")
+        moved = [k for k in kept if getattr(config, k) != getattr(self.config, k)]
+        if moved:
+            print(f"iotgate gateway: reload: {', '.join(moved)} change only on restart; kept", file=sys.stderr)
+            config = dataclasses.replace(config, **{k: getattr(self.config, k) for k in kept})
+        self.config = config
+        lim = config.limits
+        self.proxy = ProxyAcceptor(config.trusted_proxies) if config.proxy_protocol else None
+        self.client_limiter = RateLimiter(lim.connect_rate_per_client_id, lim.connect_burst_per_client_id,
+                                          lim.max_rate_keys)
+        self.source_limiter = RateLimiter(lim.connect_rate_per_source, lim.connect_burst_per_source, lim.max_rate_keys)
+        self.watcher.poll_interval = lim.registry_poll_interval
+        self.watcher.max_staleness = lim.registry_max_staleness
+        view = await self.loop.run_in_executor(self._executor, self._load_view, self.view)
+        self.apply_view(view)
+        print(f"iotgate gateway: configuration and registry reloaded (change {view.counter})", file=sys.stderr)
+
     # ------------------------------------------------------------------ observability
 
     def record(self, event: dict, peer: Peer | None) -> None:
+        if self.config.worker is not None:
+            event["worker"] = self.config.worker
         if event.get("event") == "connect" and peer is not None:
             event["sni"] = peer.server_name
             event["tls"] = peer.tls_version
@@ -1113,14 +1137,18 @@ class Gateway:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_file(path, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n", mode=0o640)
+            if self.config.metrics_file is not None:
+                write_file(self.config.metrics_file, self.metrics.prometheus(), mode=0o640)
         except OSError as exc:
             print(f"iotgate gateway: cannot write the stats file {path}: {exc}", file=sys.stderr)
 
 
-def _listen(host: str, port: int, option: str) -> socket.socket:
+def _listen(host: str, port: int, option: str, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # worker processes share the port; the kernel spreads new connections over them
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -1167,8 +1195,9 @@ def _assign_client_id() -> str:
 
 # --------------------------------------------------------------------------------------------- runners
 
-def run(config: GatewayConfig, *, on_ready: Callable[[Gateway], None] | None = None) -> None:
-    """Run the gateway on uvloop until SIGINT/SIGTERM, then drain."""
+def run(config: GatewayConfig, *, on_ready: Callable[[Gateway], None] | None = None,
+        reload: Callable[[], GatewayConfig] | None = None) -> None:
+    """Run the gateway on uvloop until SIGINT/SIGTERM, then drain; SIGHUP applies ``reload()``'s configuration."""
     import signal
 
     import uvloop
@@ -1179,11 +1208,25 @@ def run(config: GatewayConfig, *, on_ready: Callable[[Gateway], None] | None = N
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: loop.create_task(gateway.stop()))
+        if reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(gateway, reload)))
         if on_ready is not None:
             on_ready(gateway)
         await gateway.serve_forever()
 
     uvloop.run(main())
+
+
+async def _reload(gateway: Gateway, load: Callable[[], GatewayConfig]) -> None:
+    try:
+        config = load()
+    except Exception as exc:  # noqa: BLE001 - a bad file keeps the running configuration
+        print(f"iotgate gateway: reload refused, keeping the running configuration: {exc}", file=sys.stderr)
+        return
+    try:
+        await gateway.reload(config)
+    except Exception as exc:  # noqa: BLE001
+        gateway.internal_error("reloading", exc)
 
 
 class GatewayThread:

@@ -85,6 +85,7 @@ class Metrics:
             "disconnects_by_reason": dict(sorted(disconnects.items())),
             "messages": dict(sorted(self.messages.items())),
             "registry_reloads": self.registry_reloads,
+            "registry_change_counter": int(self.gauges.get("registry_change_counter", -1)),
             "tls_context_rebuilds": self.tls_context_rebuilds,
         }
 

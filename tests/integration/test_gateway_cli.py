@@ -113,7 +113,7 @@ def test_gateway_run_serves_until_sigterm(fleet, broker, tmp_path):
                                       '[limits]\nregistry_poll_interval = 0.05\n')
     proc = subprocess.Popen(
         [sys.executable, "-c", ROOT_SCRIPT, "--home", str(fleet.home), "gateway", "run", "--config",
-         str(tmp_path / "gw.toml"), "--port", "0", "--upstream", broker.config.url],
+         str(tmp_path / "gw.toml"), "--port", "0", "--upstream", broker.config.url, "--workers", "1"],
         stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
     try:
         line = proc.stderr.readline()
