@@ -84,8 +84,9 @@ def run(config_path: Path | None, host: str | None, port: int | None, token_port
         supervisor = Supervisor(source, workers)
 
         def started(sup) -> None:
-            err_console.print(f"iotgate gateway: {workers} workers on [bold]{cfg.host}:{sup.port}[/] (SO_REUSEPORT)"
-                              + (f", tokens on {cfg.host}:{sup.token_port}" if sup.token_port else "")
+            err_console.print(f"iotgate gateway listening on [bold]{cfg.host}:{sup.port}[/] (TLS 1.2+, client "
+                              f"certificate required; {workers} workers on the port, SO_REUSEPORT)"
+                              + (f", tokens and WebSocket on {cfg.host}:{sup.token_port}" if sup.token_port else "")
                               + f"; access log {cfg.access_log_target or 'off'}"
                               + (f"; metrics http://{cfg.metrics_host}:{cfg.metrics_port}/metrics (summed)"
                                  if cfg.metrics_port else ""))
