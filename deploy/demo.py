@@ -300,7 +300,7 @@ def run_stack(home: Path, base: Path, things: list[str], revoked: str, summary: 
     summary.append(("gateway stack", f"{sum(1 for r in rows if r[2] == 'allowed')} allowed, "
                                      f"{sum(1 for r in rows if r[2] == 'refused')} refused checks",
                     "as expected" if ok else "MISMATCH"))
-    return ok
+    return ok and check_proc.returncode == 0  # the stack's own declared flows must match what it did
 
 
 def _connack(d: PahoDevice) -> tuple[str, str]:
@@ -418,7 +418,8 @@ def main() -> int:
         if report.exists():
             console.print(f"report: {report}")
         if not stack_ok:
-            console.print("[bold red]demo failed:[/] an outcome differed from what was expected (see above)")
+            console.print("[bold red]demo failed:[/] an outcome differed from what was expected, or the flows "
+                          "check failed (see above)")
             return 1
         return 0
     except DemoFailed as exc:

@@ -148,7 +148,9 @@ def _print_stats(data: dict, source: str) -> None:
         state = "running"
     else:
         state = f"not running (last written {age:.0f} s ago)"
-    console.print(f"gateway {data.get('listen', '?')} -> {data.get('upstream', '?')}: {state}  [dim]({source})[/]")
+    workers = f", {data['workers']} workers" if "workers" in data else ""
+    console.print(f"gateway {data.get('listen', '?')} -> {data.get('upstream', '?')}: {state}{workers}  "
+                  f"[dim]({source})[/]")
     conns = data.get("connections", {})
     console.print(f"sessions active {data.get('sessions_active', 0)}, connections open "
                   f"{data.get('connections_open', 0)}; accepted {conns.get('accepted', 0)}, refused "

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import orjson
 
+from certs.keys import write_file
 from gateway.config import GatewayConfig
 
 RESTART_BACKOFF = 0.5  # seconds before a dead worker is started again; doubles while workers keep dying fast
@@ -174,13 +175,19 @@ class Supervisor:
                 self.log(f"only {self.ready()} of {self.n} workers started within {READY_TIMEOUT:g} s")
             if on_ready is not None:
                 on_ready(self)
+            last_stats = 0.0
             while not self._stopping:
                 if self._reload:
                     self._reload = False
                     self._hup()
                 self._check()
+                if time.monotonic() - last_stats >= self.config.stats_interval:
+                    last_stats = time.monotonic()
+                    self._write_stats()
                 time.sleep(0.1)
-            return self._drain()
+            code = self._drain()
+            self._write_stats("stopped")
+            return code
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
@@ -253,7 +260,9 @@ class Supervisor:
         self._http = http.server.ThreadingHTTPServer((self.config.metrics_host, self.config.metrics_port), Handler)
         threading.Thread(target=self._http.serve_forever, name="iotgate-metrics", daemon=True).start()
 
-    def stats(self) -> dict:
+    def stats(self, state: str = "running") -> dict:
+        """The workers' stats documents summed into one (the shape of a single gateway's, so `iotgate gateway
+        stats` reads either), with the supervisor's pid and each worker's own document under ``per_worker``."""
         docs = []
         for w in self.workers:
             path = self.config.replace(worker=w.index).stats_path
@@ -261,9 +270,45 @@ class Supervisor:
                 docs.append(orjson.loads(path.read_bytes()))
             except (OSError, ValueError):
                 continue
-        return {"workers": self.ready(), "restarts": sum(w.restarts for w in self.workers),
-                "connections_open": sum(d.get("connections_open", 0) for d in docs),
-                "sessions_active": sum(d.get("sessions_active", 0) for d in docs), "per_worker": docs}
+        merged = sum_stats(docs)
+        merged.update(time=time.time(), pid=os.getpid(), state=state, workers=self.ready(),
+                      restarts=sum(w.restarts for w in self.workers), per_worker=docs)
+        return merged
+
+    def _write_stats(self, state: str = "running") -> None:
+        path = self.config.stats_path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_file(path, orjson.dumps(self.stats(state), option=orjson.OPT_INDENT_2) + b"\n", mode=0o640)
+        except OSError as exc:
+            self.log(f"cannot write the stats file {path}: {exc}")
+
+
+_NOT_SUMMED = ("time", "pid", "started", "uptime_seconds", "registry_change_counter", "worker")
+
+
+def sum_stats(docs: list[dict]) -> dict:
+    """Sum per-worker stats documents: numbers add up (nested counters too); the registry change counter and
+    times are the workers' newest, the start the earliest; other values (listen, upstream) are the first's."""
+    merged: dict = {}
+
+    def add(into: dict, doc: dict) -> None:
+        for key, value in doc.items():
+            if isinstance(value, dict):
+                add(into.setdefault(key, {}), value)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and key not in _NOT_SUMMED:
+                into[key] = into.get(key, 0) + value
+            else:
+                into.setdefault(key, value)
+
+    for doc in docs:
+        add(merged, doc)
+    if docs:
+        merged["started"] = min(d.get("started", 0) for d in docs)
+        merged["uptime_seconds"] = max(d.get("uptime_seconds", 0) for d in docs)
+        merged["registry_change_counter"] = max(d.get("registry_change_counter", -1) for d in docs)
+    merged.pop("worker", None)
+    return merged
 
 
 _MIN = ("_start_time_seconds", "registry_available")

@@ -149,6 +149,17 @@ def test_two_workers_share_the_port_take_over_across_workers_and_sum_metrics(nod
         wait_until(lambda: node.metrics().get(key) == allowed, timeout=10)
         assert node.metrics()[("iotgate_connections_open", ())] >= 1
 
+        # the supervisor writes one summed stats file where a single gateway writes its own
+        def summed():
+            out = subprocess.run([sys.executable, "-c", ROOT_SCRIPT, "--home", str(fleet.home), "gateway", "stats",
+                                  "--file", str(node.stats), "--json"], capture_output=True, text=True)
+            return json.loads(out.stdout) if out.returncode == 0 else None
+
+        wait_until(lambda: (summed() or {}).get("connections", {}).get("accepted") == allowed, timeout=10)
+        doc = summed()
+        assert doc["workers"] == 2 and len(doc["per_worker"]) == 2 and doc["state"] == "running"
+        assert doc["connections_open"] == sum(w["connections_open"] for w in doc["per_worker"])
+
         pid = node.worker_pid(0)
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: node.metrics().get(("iotgate_worker_restarts_total", ())) == 1, timeout=15)
