@@ -282,7 +282,10 @@ def test_device_that_never_reads_does_not_grow_gateway_memory(fleet, strict_gate
 
 
 def test_device_write_buffer_above_the_cap_closes_the_session(fleet, strict_gateway):
-    running = strict_gateway(max_device_buffer=146 * 1024)
+    # a cap below the transport's pause mark (server.DEVICE_WRITE_HIGH_WATER): the answers the gateway keeps
+    # writing to a device that does not read cross it before reading from that device pauses, whatever the
+    # size of each read; above the mark, backpressure alone bounds the buffer (the test below)
+    running = strict_gateway(max_payload=16 * 1024, max_packet_size=16 * 1024, max_device_buffer=32 * 1024)
     thing, files, _ = fleet.device("deaf")
     running.sync(fleet.registry)
     sock = _tls_client(running, fleet, files)
