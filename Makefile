@@ -36,12 +36,10 @@ demo: venv system-deps
 loadtest: venv system-deps
 	$(BIN)/python deploy/loadtest.py
 
+# one table, the gateway against Mosquitto in the same run (bench/results/<date>.json and .md); the other
+# scripts in bench/ study one component each and can be run on their own
 bench: venv system-deps
-	$(BIN)/python bench/provision_bench.py
-	$(BIN)/python bench/policy_bench.py
-	$(BIN)/python bench/gateway_bench.py
-	$(BIN)/python bench/devices_idle_bench.py --devices 2000
-	$(BIN)/python bench/locust_clients_bench.py --devices 2000
+	$(BIN)/python bench/suite.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

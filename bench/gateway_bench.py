@@ -106,7 +106,7 @@ class GatewayProcess:
         config.write_text(f'[gateway]\ntls_engine = "{tls_engine}"\n')
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [str(Path(sys.executable).with_name("iotgate")), "--home", str(home), "gateway", "run",
+                [str(Path(sys.executable).with_name("iotgate")), "--home", str(home), "gateway", "run", "--workers", "1",
                  "--config", str(config), "--port", str(self.port), "--upstream", upstream],
                 stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + 15
