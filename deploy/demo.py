@@ -212,6 +212,8 @@ def run_stack(home: Path, base: Path, things: list[str], revoked: str, summary: 
         check(f"{len(fleet)} devices", "receive cmd/<thing>/reboot, answer on .../resp", "allowed",
               ("allowed" if commands_answered == len(responses) == len(fleet) else "refused",
                f"{commands_answered} answered, operator received {len(responses)}"))
+        check(things[21], "AWS IoT Device SDK (aws-crt) with its port-443 ALPN", "allowed",
+              attempt(lambda: _sdk_alpn(files(things[21]), gateway_port, things[21])))
 
         # Device Shadow, answered by the gateway itself: the operator sets a desired state, the device gets the delta.
         lamp = live.get(things[1])
@@ -301,6 +303,24 @@ def run_stack(home: Path, base: Path, things: list[str], revoked: str, summary: 
                                      f"{sum(1 for r in rows if r[2] == 'refused')} refused checks",
                     "as expected" if ok else "MISMATCH"))
     return ok and check_proc.returncode == 0  # the stack's own declared flows must match what it did
+
+
+def _sdk_alpn(device_files: DeviceFiles, port: int, thing: str) -> tuple[str, str]:
+    """The TLS options the SDK's builders set on AWS IoT Core's port 443 (ALPN x-amzn-mqtt-ca, TLS 1.2 minimum,
+    mutual TLS) against the gateway's listener; a refused CONNACK raises."""
+    from awscrt import io as crt_io
+    from awscrt import mqtt as crt_mqtt
+
+    options = crt_io.TlsContextOptions.create_client_with_mtls_from_path(str(device_files.cert), str(device_files.key))
+    options.override_default_trust_store_from_path(None, str(device_files.root_ca))
+    options.alpn_list = ["x-amzn-mqtt-ca"]
+    options.min_tls_ver = crt_io.TlsVersion.TLSv1_2
+    client = crt_mqtt.Client(crt_io.ClientBootstrap.get_or_create_static_default(), crt_io.ClientTlsContext(options))
+    connection = crt_mqtt.Connection(client, "localhost", port, thing, clean_session=True, keep_alive_secs=30,
+                                     ping_timeout_ms=3000)
+    connection.connect().result(10)
+    connection.disconnect().result(10)
+    return "allowed", "ALPN x-amzn-mqtt-ca, MQTT 3.1.1 CONNACK 0"
 
 
 def _connack(d: PahoDevice) -> tuple[str, str]:
