@@ -190,10 +190,11 @@ class Connection:
     __slots__ = ("gw", "loop", "addr", "session", "device", "device_protocol", "upstream", "der", "certificate_id",
                  "client_id", "done", "want_upstream", "last_up_tx", "_timer", "_abort_timer", "_active",
                  "_device_full", "_upstream_full", "_reading_paused", "principal_key", "creds", "_auth_timers",
-                 "_disconnect_at", "serial")
+                 "_disconnect_at", "serial", "secured_at")
 
     def __init__(self, gateway: Gateway, addr: tuple) -> None:
         self.serial = next(_CONNECTION_SERIALS)  # never reused (id() is): addresses a service's private answer
+        self.secured_at: float | None = None  # loop time the device's TLS handshake completed
         self.gw = gateway
         self.loop = gateway.loop
         self.addr = addr
@@ -393,6 +394,8 @@ class Connection:
     def _activate(self) -> None:
         self._active = True
         self.gw.metrics.gauges["sessions_active"] += 1
+        if self.secured_at is not None:
+            self.gw.metrics.connack_seconds.observe(self.loop.time() - self.secured_at)
         if self.gw.services is not None:
             self.gw.services.connected(id(self), self.gw.service_caller(self))
         self._cancel_timer()
@@ -749,7 +752,8 @@ class Gateway:
             except HandshakeFailed as exc:
                 self.record(_bare_event("tls", conn.addr, "refused", exc.key, exc.reason), None)
                 return
-            self.metrics.handshake_seconds.observe(self.loop.time() - started)
+            conn.secured_at = self.loop.time()
+            self.metrics.handshake_seconds.observe(conn.secured_at - started)
             conn.device = transport  # from here on every way out aborts it (the except clauses below)
             transport.set_write_buffer_limits(high=DEVICE_WRITE_HIGH_WATER)
             no_connect = False

@@ -39,6 +39,10 @@ class Metrics:
         self.registry.register(_Collector(self))
         self.handshake_seconds = Histogram("iotgate_tls_handshake_seconds", "Completed device TLS handshakes.",
                                            buckets=HANDSHAKE_BUCKETS, registry=self.registry)
+        self.connack_seconds = Histogram(
+            "iotgate_connack_seconds", "Accepted sessions: from the end of the device's TLS handshake to its "
+            "CONNACK (the CONNECT, certificate status, policy, the upstream session).",
+            buckets=HANDSHAKE_BUCKETS, registry=self.registry)
 
     def observe(self, event: dict) -> None:
         decision = event.get("decision") or ""

@@ -232,6 +232,8 @@ def test_metrics_match_the_access_log(run):
     handshakes = next(s.value for s in families["iotgate_tls_handshake_seconds"].samples if s.name.endswith("_count"))
     # every connect event, allowed or refused, follows a completed handshake
     assert handshakes >= sum(n for (event, _, _), n in from_log.items() if event == "connect") > 0
+    connacks = next(s.value for s in families["iotgate_connack_seconds"].samples if s.name.endswith("_count"))
+    assert connacks == from_log[("connect", "allowed", "connected")]  # one CONNACK latency per accepted session
     assert next(iter(families["iotgate_registry_version"].samples)).value > 0
     assert from_log[("tls", "refused", "no_client_certificate")] >= 1
 
