@@ -115,6 +115,7 @@ class GatewayConfig:
     worker: int | None = None
     reuse_port: bool = False
     metrics_file: Path | None = None
+    replay_dir: Path | None = None  # where the workers share the SigV4 signatures already used (one node)
 
     @property
     def registry_url(self) -> str:

@@ -54,7 +54,7 @@ from gateway.auth import (
     empty_view,
 )
 from gateway.auth import sigv4
-from gateway.auth.access_keys import SigV4Authenticator
+from gateway.auth.access_keys import ReplayCache, SigV4Authenticator
 from gateway.auth.authorizers import NAME_PARAM, Credentials, CustomAuthenticator
 from gateway.auth.tls import DEVICE_ALPN, TOKEN_ALPN, make_acceptor
 from gateway.config import GatewayConfig
@@ -527,7 +527,8 @@ class Gateway:
         self.directory = SessionDirectory()
         self.authenticator = X509Authenticator(region=config.region, account=config.account)
         self.custom = CustomAuthenticator(region=config.region, account=config.account, clock=clock)
-        self.sigv4 = SigV4Authenticator(config.home, region=config.region, account=config.account, clock=clock)
+        self.sigv4 = SigV4Authenticator(config.home, region=config.region, account=config.account, clock=clock,
+                                        replay=ReplayCache(directory=config.replay_dir))
         self.view: AuthView = empty_view()
         self.connections: set[Connection] = set()
         self.by_cert: dict[str, set[Connection]] = {}

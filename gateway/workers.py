@@ -111,7 +111,8 @@ class Supervisor:
 
     def _fixed(self, worker: _Worker) -> dict:
         return {"port": self.port, "token_port": self.token_port, "worker": worker.index, "reuse_port": True,
-                "metrics_port": 0, "metrics_file": self._metrics_file(worker)}
+                "metrics_port": 0, "metrics_file": self._metrics_file(worker),
+                "replay_dir": self.metrics_dir / "sigv4-replay"}
 
     def _metrics_file(self, worker: _Worker) -> Path:
         return self.metrics_dir / f"worker-{worker.index}.prom"

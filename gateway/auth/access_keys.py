@@ -9,6 +9,8 @@ as a certificate's do.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -25,12 +27,23 @@ INVALID_TOKEN = "The security token included in the request is invalid."
 
 
 class ReplayCache:
-    """Signatures seen and still valid; bounded (the oldest entry goes when full, and is logged as a limit)."""
+    """Signatures seen and still valid; bounded (the oldest entry goes when full, and is logged as a limit).
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+    With ``directory`` (set by ``gateway run --workers N``), the worker processes of one node share what they
+    have seen: each first use creates a file named by the signature's hash with ``O_CREAT | O_EXCL``, which
+    exactly one process wins; the file holds the signature's end of validity and expired files are swept.
+    """
+
+    SWEEP_INTERVAL = 30.0
+
+    def __init__(self, max_entries: int = 100_000, directory: Path | None = None) -> None:
         self.max_entries = max_entries
         self._seen: OrderedDict[str, float] = OrderedDict()
         self.evicted = 0
+        self.directory = directory
+        self._swept = 0.0
+        if directory is not None:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def first_use(self, signature: str, valid_until: float, now: float) -> bool:
         seen = self._seen
@@ -41,14 +54,63 @@ class ReplayCache:
             del seen[oldest]
         if signature in seen:
             return False
+        if self.directory is not None and not self._claim(signature, valid_until, now):
+            return False
         if len(seen) >= self.max_entries:
             seen.popitem(last=False)
             self.evicted += 1
         seen[signature] = valid_until
         return True
 
+    def _claim(self, signature: str, valid_until: float, now: float) -> bool:
+        if now - self._swept >= self.SWEEP_INTERVAL:
+            self._swept = now
+            self._sweep(now)
+        path = self.directory / hashlib.sha256(signature.encode()).hexdigest()
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            except FileExistsError:
+                if _until(path) >= now:
+                    return False  # another worker saw it first and it is still valid
+                path.unlink(missing_ok=True)  # an expired entry: the name is free again
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(repr(valid_until))
+            return True
+        return False
+
+    def _sweep(self, now: float) -> None:
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError:
+            return
+        for entry in entries:
+            until = _until(Path(entry.path))
+            if until < now or (until == float("inf") and _mtime(entry) < now - 60):  # expired, or a torn write
+                Path(entry.path).unlink(missing_ok=True)
+
     def __len__(self) -> int:
         return len(self._seen)
+
+
+def _mtime(entry: os.DirEntry) -> float:
+    try:
+        return entry.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
+
+
+def _until(path: Path) -> float:
+    """A shared entry's end of validity; one being written (empty) counts as valid for now."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return float("-inf")
+    try:
+        return float(text) if text else float("inf")
+    except ValueError:
+        return float("-inf")
 
 
 class SigV4Authenticator:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from botocore.auth import SigV4QueryAuth
@@ -129,6 +132,41 @@ def test_replay_cache_accepts_each_signature_once_within_its_window():
     assert cache.first_use("a", valid_until=300.0, now=101.0)  # expired entries go: the window protects then
     assert cache.first_use("b", 300.0, 102.0) and cache.first_use("c", 300.0, 103.0)
     assert len(cache) == 2 and cache.evicted == 1
+
+
+def test_replay_cache_shared_by_workers_accepts_a_signature_once_across_them(tmp_path):
+    """`gateway run --workers N`: a signature used on one worker is refused on another (the same directory)."""
+    shared = tmp_path / "sigv4-replay"
+    one, two = ReplayCache(directory=shared), ReplayCache(directory=shared)
+    assert one.first_use("sig", valid_until=100.0, now=0.0)
+    assert not two.first_use("sig", valid_until=100.0, now=1.0)
+    assert not one.first_use("sig", valid_until=100.0, now=2.0)
+    assert two.first_use("other", valid_until=100.0, now=3.0)
+    assert two.first_use("sig", valid_until=400.0, now=101.0)  # expired: the name is free again
+    assert not one.first_use("sig", valid_until=400.0, now=102.0)
+    assert shared.stat().st_mode & 0o777 == 0o700
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in shared.iterdir())
+    one.SWEEP_INTERVAL = 0.0
+    one.first_use("late", valid_until=1000.0, now=500.0)  # sweeps what expired
+    assert len(list(shared.iterdir())) == 1
+
+
+def _race(directory: str, start, results) -> None:
+    start.wait()
+    results.put(ReplayCache(directory=Path(directory)).first_use("raced", valid_until=1e12, now=time.time()))
+
+
+def test_replay_cache_race_between_processes_has_one_winner(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(str(tmp_path / "r"), start, results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    start.set()
+    won = [results.get(timeout=30) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert sorted(won) == [False, False, False, True]
 
 
 def test_secret_box_seals_binds_and_refuses_other_keys(tmp_path):
