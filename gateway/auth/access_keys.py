@@ -124,7 +124,7 @@ class SigV4Authenticator:
         self.account = account
         self.clock = clock
         self._box = box
-        self.replay = replay or ReplayCache()
+        self.replay = replay if replay is not None else ReplayCache()  # an empty cache is falsy (len 0)
 
     def _secret_box(self) -> SecretBox:
         if self._box is None:

@@ -151,6 +151,13 @@ def test_replay_cache_shared_by_workers_accepts_a_signature_once_across_them(tmp
     assert len(list(shared.iterdir())) == 1
 
 
+def test_the_authenticator_keeps_the_shared_replay_cache_it_is_given(tmp_path):
+    from gateway.auth.access_keys import SigV4Authenticator
+
+    cache = ReplayCache(directory=tmp_path / "shared")
+    assert SigV4Authenticator(None, replay=cache).replay is cache  # empty, hence falsy: not replaced
+
+
 def _race(directory: str, start, results) -> None:
     start.wait()
     results.put(ReplayCache(directory=Path(directory)).first_use("raced", valid_until=1e12, now=time.time()))
