@@ -99,17 +99,18 @@ async def hold_fleet(host: str, port: int, contexts: dict[str, ssl.SSLContext], 
 class GatewayProcess:
     """`iotgate gateway run` as a user starts it, on a free port; ready once it accepts."""
 
-    def __init__(self, home: Path, base: Path, upstream: str, tls_engine: str = "pyopenssl") -> None:
+    def __init__(self, home: Path, base: Path, upstream: str, tls_engine: str = "pyopenssl", *,
+                 config_text: str | None = None, args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.log = base / "gateway.log"
         config = base / f"gateway-{tls_engine}.toml"
-        config.write_text(f'[gateway]\ntls_engine = "{tls_engine}"\n')
+        config.write_text(config_text or f'[gateway]\ntls_engine = "{tls_engine}"\n')
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [str(Path(sys.executable).with_name("iotgate")), "--home", str(home), "gateway", "run", "--workers", "1",
-                 "--config", str(config), "--port", str(self.port), "--upstream", upstream],
+                 "--config", str(config), "--port", str(self.port), "--upstream", upstream, *args],
                 stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 20
         while True:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()

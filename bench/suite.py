@@ -31,9 +31,7 @@ import os
 import re
 import resource
 import shutil
-import socket
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,9 +44,10 @@ from gateway.mqtt import Connack, Connect, Framer, PubAck, Publish, SubAck, Subs
 from gateway.registry import Registry
 from gateway.upstream.mosquitto import BrokerConfig, MosquittoProcess, free_port
 
+from gateway_bench import GatewayProcess, cpu_seconds, device_context, rss_bytes  # bench/ is the script's dir
+
 HERE = Path(__file__).resolve().parent
 IOTGATE = str(Path(sys.executable).with_name("iotgate"))
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 BENCH_POLICY = """{
   "Version": "2012-10-17",
   "Statement": [
@@ -70,26 +69,6 @@ publish_rate = 1000000.0
 publish_burst = 1000000
 publish_bytes_rate = 1000000000
 """
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def device_context(home: Path, thing: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(home / "root-ca.pem"))
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    d = home / "devices" / thing
-    ctx.load_cert_chain(d / "device.pem", d / "device.key")
-    return ctx
 
 
 async def read_packet(reader: asyncio.StreamReader, framer: Framer, pending: list, version: int = 4):
@@ -214,42 +193,11 @@ class LoadGenerator:
 
 # ------------------------------------------------------------------------------------- servers
 
-class GatewayProcess:
-    """`iotgate gateway run --workers 1` on a free port; ready once it accepts."""
-
-    def __init__(self, home: Path, base: Path, upstream: str, devices: int, engine: str = "pyopenssl") -> None:
-        self.port = free_port()
-        self.log = base / "gateway.log"
-        config = base / "gateway-bench.toml"
-        config.write_text(GATEWAY_TOML.format(engine=engine, maxconn=devices + 100))
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([IOTGATE, "--home", str(home), "gateway", "run", "--workers", "1",
-                                             "--config", str(config), "--port", str(self.port),
-                                             "--upstream", upstream, "--access-log", str(base / "access.log")],
-                                            stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.stop()
-                    raise RuntimeError(f"gateway did not start: {self.log.read_text()[-2000:]}")
-                time.sleep(0.05)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+def start_gateway(home: Path, base: Path, upstream: str, devices: int) -> GatewayProcess:
+    """`iotgate gateway run --workers 1` with the bench's limits, on a free port."""
+    return GatewayProcess(home, base, upstream, config_text=GATEWAY_TOML.format(engine="pyopenssl",
+                                                                              maxconn=devices + 100),
+                          args=("--access-log", str(base / "access.log")))
 
 
 def tls_group(home: Path, thing: str, port: int) -> str:
@@ -549,7 +497,7 @@ def main() -> int:
                 upstream = (f"mqtts://{broker_cfg.host}:{broker_cfg.port}" if mode == "mtls"
                             else f"unix://{broker_cfg.socket_path}")
                 print(f"gateway ({mode} upstream): storm, idle, forwarding", flush=True)
-                gw = GatewayProcess(home, base, upstream, opts.devices)
+                gw = start_gateway(home, base, upstream, opts.devices)
                 try:
                     r = {"storm": storm(gen, gw.port, gw.pid, broker.pid), "group": tls_group(home, names[0], gw.port)}
                     for qos in (0, 1):
