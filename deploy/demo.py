@@ -320,7 +320,7 @@ def _sdk_alpn(device_files: DeviceFiles, port: int, thing: str) -> tuple[str, st
                                      ping_timeout_ms=3000)
     connection.connect().result(10)
     connection.disconnect().result(10)
-    return "allowed", "ALPN x-amzn-mqtt-ca, MQTT 3.1.1 CONNACK 0"
+    return "allowed", "offered ALPN x-amzn-mqtt-ca; MQTT 3.1.1 CONNACK 0"
 
 
 def _connack(d: PahoDevice) -> tuple[str, str]:
