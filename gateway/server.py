@@ -265,7 +265,7 @@ class Connection:
     def upstream_data(self, data: bytes) -> None:
         session = self.session
         if session is not None and not self.closed:
-            self._step("upstream packet", session.receive_upstream, data)
+            self._step("upstream packet", session.receive_upstream, data, self.loop.time())
 
     def device_closed(self, exc: BaseException | None) -> None:
         if self._abort_timer is not None:
@@ -361,6 +361,10 @@ class Connection:
                 self.upstream.writelines(out.upstream)
                 self.last_up_tx = self.loop.time()
             out.upstream.clear()
+        if out.acked:
+            for seconds in out.acked:
+                self.gw.metrics.forward_seconds.observe(seconds)
+            out.acked.clear()
         if out.service:
             if not self._active and session.state is State.ACTIVE:
                 self._activate()  # the connected event goes before what the session did next
@@ -522,7 +526,7 @@ class Gateway:
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
-        self.metrics = Metrics(clock)
+        self.metrics = Metrics(clock, worker=config.worker or 0)
         self.access = AccessLog(config.access_log_target, clock=clock)
         self.directory = SessionDirectory()
         self.authenticator = X509Authenticator(region=config.region, account=config.account)

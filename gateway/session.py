@@ -11,6 +11,8 @@ upstream broker, the time when it matters, and registry changes; the session ans
     out.close       a Close: the session is over; the shell flushes, then closes both sides
     out.service     for the gateway's `$aws/...` services (gateway.services): a ServiceRequest (an allowed request)
                     or a SubscriptionChange (granted or removed filters, for lifecycle events)
+    out.acked       seconds from a device's QoS 1 PUBLISH to the broker's PUBACK relayed for it (the forwarding
+                    round trip through the gateway and the broker; times from the shell's clock)
 
 Packets are forwarded as their original bytes; only what a decision needs is decoded (topic, QoS, retain,
 packet id). Packet ids are mirrored 1:1 because each device has its own upstream connection. A refusal is a
@@ -116,7 +118,7 @@ class SubscriptionChange(NamedTuple):
 
 
 class Output:
-    __slots__ = ("device", "upstream", "events", "open_upstream", "claim", "close", "service")
+    __slots__ = ("device", "upstream", "events", "open_upstream", "claim", "close", "service", "acked")
 
     def __init__(self) -> None:
         self.device: list = []
@@ -126,6 +128,7 @@ class Output:
         self.claim: str | None = None
         self.close: Close | None = None
         self.service: list[ServiceRequest | SubscriptionChange] = []
+        self.acked: list[float] = []
 
 
 # --------------------------------------------------------------------------------------------- rate limits
@@ -274,7 +277,7 @@ class Session:
         self._pending: list[Frame] = []
         self._pending_bytes = 0
         self._aliases: dict[int, str] = {}
-        self._inflight: set[int] = set()
+        self._inflight: dict[int, float] = {}  # QoS 1 publishes awaiting the broker's PUBACK: id -> received at
         self._subs: dict[str, int] = {}
         self._reserved: set[str] = set()
         self._hash_parents: frozenset[str] = frozenset()
@@ -580,7 +583,7 @@ class Session:
                     self._close(Close("receive_maximum_exceeded", f"more than {self.limits.max_inflight} QoS 1 "
                                       "publishes awaiting acknowledgement", R.RECEIVE_MAXIMUM_EXCEEDED))
                     return
-                self._inflight.add(pid)
+                self._inflight[pid] = now
         if alias is not None:
             # Upstream never sees our topic aliases: the publish goes with its full topic.
             publish = decode(frame, self.level)
@@ -753,7 +756,8 @@ class Session:
 
     # ------------------------------------------------------------------ input: upstream bytes
 
-    def receive_upstream(self, data: bytes) -> None:
+    def receive_upstream(self, data: bytes, now: float | None = None) -> None:
+        """Bytes from the broker; ``now`` (the shell's clock, as for the device) times the acknowledgements."""
         if self.state is State.CLOSED:
             return
         try:
@@ -765,7 +769,7 @@ class Session:
                     if handler is None:
                         self._upstream_violation(f"unexpected {frame.packet_type.name} from the broker")
                     else:
-                        handler(self, frame)
+                        handler(self, frame, now)
                 if self.state is State.CLOSED:
                     return
         except MQTTProtocolError as exc:
@@ -785,7 +789,7 @@ class Session:
         else:
             self._close(Close("upstream_protocol_error", detail, R.UNSPECIFIED_ERROR))
 
-    def _on_delivery(self, frame: Frame) -> None:
+    def _on_delivery(self, frame: Frame, now: float | None = None) -> None:
         header = peek_publish(frame, self.level)
         topic = header.topic
         if not topic:
@@ -826,15 +830,17 @@ class Session:
             return True
         return False
 
-    def _up_puback(self, frame: Frame) -> None:
+    def _up_puback(self, frame: Frame, now: float | None = None) -> None:
         ack = decode(frame, self.level)
-        self._inflight.discard(ack.packet_id)
+        sent = self._inflight.pop(ack.packet_id, None)
+        if sent is not None and now is not None:
+            self.out.acked.append(now - sent)
         data = frame.data
         if ack.reason_code == R.NO_MATCHING_SUBSCRIBERS:
             data = encode(PubAck(ack.packet_id), 5)  # AWS IoT acknowledges with success whether or not anyone listens
         self.out.device.append(data)
 
-    def _up_suback(self, frame: Frame) -> None:
+    def _up_suback(self, frame: Frame, now: float | None = None) -> None:
         packet = decode(frame, self.level)
         entry = self._subacks.pop(packet.packet_id, None)
         if entry is None:
@@ -861,14 +867,14 @@ class Session:
             self.out.service.append(SubscriptionChange("subscribed", subscribed))
         self.out.device.append(encode(SubAck(packet.packet_id, tuple(codes)), self.level))
 
-    def _up_forward(self, frame: Frame) -> None:
+    def _up_forward(self, frame: Frame, now: float | None = None) -> None:
         decode(frame, self.level)  # the broker is trusted less than that: a malformed packet never reaches a device
         self.out.device.append(frame.data)
 
-    def _up_ignore(self, frame: Frame) -> None:
+    def _up_ignore(self, frame: Frame, now: float | None = None) -> None:
         return None
 
-    def _up_disconnect(self, frame: Frame) -> None:
+    def _up_disconnect(self, frame: Frame, now: float | None = None) -> None:
         try:
             code = int(decode(frame, self.level).reason_code)
         except MQTTProtocolError:

@@ -232,8 +232,13 @@ class Supervisor:
     # ------------------------------------------------------------------ metrics
 
     def metrics_text(self) -> bytes:
-        return sum_metrics([p.read_text() for p in sorted(self.metrics_dir.glob("worker-*.prom"))],
-                           extra={"iotgate_workers": ("gauge", self.ready()),
+        texts = []
+        for path in sorted(self.metrics_dir.glob("worker-*.prom")):
+            try:
+                texts.append(path.read_text())
+            except OSError:  # a restarting worker's file went away between the listing and the read
+                continue
+        return sum_metrics(texts, extra={"iotgate_workers": ("gauge", self.ready()),
                                   "iotgate_worker_restarts": ("counter", sum(w.restarts for w in self.workers))})
 
     def _serve_metrics(self) -> None:
@@ -312,13 +317,14 @@ def sum_stats(docs: list[dict]) -> dict:
     return merged
 
 
-_MIN = ("_start_time_seconds", "registry_available")
+_MIN = ("_start_time_seconds", "_created", "registry_available")
 _MAX = ("registry_staleness_seconds", "registry_refusing")
 
 
 def sum_metrics(texts: list[str], extra: dict[str, tuple[str, float]] | None = None) -> bytes:
     """One Prometheus exposition from the workers': samples with the same name and labels are added (a start time
-    is the earliest, staleness the worst)."""
+    is the earliest, staleness the worst); the iotgate_worker_* families carry each worker's number as a label, so
+    they stay one series per worker."""
     from prometheus_client.parser import text_string_to_metric_families
 
     kinds: dict[str, tuple[str, str]] = {}
@@ -342,15 +348,17 @@ def sum_metrics(texts: list[str], extra: dict[str, tuple[str, float]] | None = N
                     values[key] += sample.value
     lines = []
     for name, (kind, doc) in kinds.items():
-        lines.append(f"# HELP {name} {doc}")
-        lines.append(f"# TYPE {name} {kind}")
+        exposed = f"{name}_total" if kind == "counter" else name  # as prometheus-client names a counter
+        lines.append(f"# HELP {exposed} {doc}")
+        lines.append(f"# TYPE {exposed} {kind}")
         for sample_name, labels in order[name]:
             label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
             lines.append(f"{sample_name}{{{label_text}}} {values[(sample_name, labels)]!r}" if labels
                          else f"{sample_name} {values[(sample_name, labels)]!r}")
     for name, (kind, value) in (extra or {}).items():
-        lines.append(f"# TYPE {name} {kind}")
-        lines.append(f"{name}{'_total' if kind == 'counter' else ''} {float(value)!r}")
+        exposed = f"{name}_total" if kind == "counter" else name
+        lines.append(f"# TYPE {exposed} {kind}")
+        lines.append(f"{exposed} {float(value)!r}")
     return ("\n".join(lines) + "\n").encode()
 
 

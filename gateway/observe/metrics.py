@@ -3,7 +3,10 @@
 Every access-log event is counted by (event, decision, kind): accepted and refused connections by reason,
 denied publishes / subscriptions / deliveries by reason. Message counters and gauges come from the server.
 Authorization decisions by action and outcome, and the allowed packets and bytes per action, are counted from the
-same events (a session's allowed flows when it ends), so /metrics and the access log always agree.
+same events (a session's allowed flows when it ends), so /metrics and the access log always agree. Histograms time
+the device's TLS handshake, the CONNACK after it and the forwarding round trip of QoS 1 publishes. The
+``iotgate_worker_*`` families repeat the load and registry view with the worker's number, so a node's summed
+/metrics (gateway.workers) still shows each worker.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 PROM_CONTENT_TYPE = CONTENT_TYPE_LATEST
+FORWARD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, worker: int = 0) -> None:
         self.clock = clock
+        self.worker = str(worker)  # the label of the iotgate_worker_* series (0 for a gateway without workers)
         self.started = clock()
         self.events: Counter[tuple[str, str, str]] = Counter()
         self.messages: Counter[str] = Counter()
@@ -43,6 +48,10 @@ class Metrics:
             "iotgate_connack_seconds", "Accepted sessions: from the end of the device's TLS handshake to its "
             "CONNACK (the CONNECT, certificate status, policy, the upstream session).",
             buckets=HANDSHAKE_BUCKETS, registry=self.registry)
+        self.forward_seconds = Histogram(
+            "iotgate_forward_seconds", "Forwarding round trip: from a device's QoS 1 PUBLISH to the broker's PUBACK "
+            "relayed for it (decision, upstream hop, the broker, the way back).",
+            buckets=FORWARD_BUCKETS, registry=self.registry)
 
     def observe(self, event: dict) -> None:
         decision = event.get("decision") or ""
@@ -139,3 +148,29 @@ class _Collector(Collector):
         yield sizes
         yield GaugeMetricFamily("iotgate_registry_version", "The registry change counter of the gateway's view.",
                                 value=m.registry_version)
+        yield from self._per_worker()
+
+    def _per_worker(self):
+        """The load and the registry view of this worker process, labelled with its number: a node's workers add
+        up in the families above and stay apart in these."""
+        m = self.metrics
+        for name in ("connections_open", "sessions_active", "registry_staleness_seconds"):
+            if name in m.gauges:
+                family = GaugeMetricFamily(f"iotgate_worker_{name}", f"Current {name.replace('_', ' ')}, per "
+                                           "worker process.", labels=["worker"])
+                family.add_metric([m.worker], m.gauges[name])
+                yield family
+        version = GaugeMetricFamily("iotgate_worker_registry_version", "The registry change counter of the "
+                                    "worker's view.", labels=["worker"])
+        version.add_metric([m.worker], m.registry_version)
+        yield version
+        messages = CounterMetricFamily("iotgate_worker_messages", "Messages forwarded by direction, per worker "
+                                       "process.", labels=["worker", "direction"])
+        for direction, n in sorted(m.messages.items()):
+            messages.add_metric([m.worker, direction], n)
+        yield messages
+        accepted = sum(n for (event, decision, _), n in m.events.items() if event == "connect" and decision == "allowed")
+        connects = CounterMetricFamily("iotgate_worker_connections_accepted", "Accepted device sessions, per worker "
+                                       "process.", labels=["worker"])
+        connects.add_metric([m.worker], accepted)
+        yield connects

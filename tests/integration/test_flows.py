@@ -234,6 +234,11 @@ def test_metrics_match_the_access_log(run):
     assert handshakes >= sum(n for (event, _, _), n in from_log.items() if event == "connect") > 0
     connacks = next(s.value for s in families["iotgate_connack_seconds"].samples if s.name.endswith("_count"))
     assert connacks == from_log[("connect", "allowed", "connected")]  # one CONNACK latency per accepted session
+    # one forwarding round trip per QoS 1 publish the broker acknowledged (the extra device's is one of them)
+    forwards = next(s.value for s in families["iotgate_forward_seconds"].samples if s.name.endswith("_count"))
+    assert 1 <= forwards <= packets["iot:Publish"]
+    per_worker = {s.labels["worker"]: s.value for s in families["iotgate_worker_connections_accepted"].samples}
+    assert per_worker == {"0": from_log[("connect", "allowed", "connected")]}  # a gateway without workers is worker 0
     assert next(iter(families["iotgate_registry_version"].samples)).value > 0
     assert from_log[("tls", "refused", "no_client_certificate")] >= 1
 

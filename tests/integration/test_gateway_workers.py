@@ -148,6 +148,10 @@ def test_two_workers_share_the_port_take_over_across_workers_and_sum_metrics(nod
         key = ("iotgate_access_events_total", (("decision", "allowed"), ("event", "connect"), ("kind", "connected")))
         wait_until(lambda: node.metrics().get(key) == allowed, timeout=10)
         assert node.metrics()[("iotgate_connections_open", ())] >= 1
+        # and each worker's own series stay apart, labelled with its number
+        per = {dict(labels)["worker"]: v for (name, labels), v in node.metrics().items()
+               if name == "iotgate_worker_connections_accepted_total"}
+        assert set(per) == {"0", "1"} and sum(per.values()) == allowed and all(per.values())
 
         # the supervisor writes one summed stats file where a single gateway writes its own
         def summed():

@@ -782,3 +782,28 @@ def test_reply_filters_are_held_upstream_and_reported_for_lifecycle_events():
     session.out.service.clear()
     session.receive_device(encode(Unsubscribe(10, ("$aws/things/alice/shadow/get/accepted",)), 5), 2.0)
     assert session.out.service == [SubscriptionChange("unsubscribed", ["$aws/things/alice/shadow/get/accepted"])]
+
+
+# --------------------------------------------------------------------------------------------- forwarding time
+
+@pytest.mark.parametrize("level", [4, 5])
+def test_a_qos1_publish_is_timed_from_the_device_to_the_brokers_puback(level):
+    session = connected(level)
+    session.receive_device(encode(Publish("room/a", b"t", qos=1, packet_id=9), level), 10.0)
+    session.receive_device(encode(Publish("room/a", b"u", qos=1, packet_id=10), level), 10.5)
+    session.receive_device(encode(Publish("room/a", b"v", qos=0), level), 10.6)  # QoS 0: nothing to time
+    session.receive_upstream(encode(PubAck(10), level), 10.75)
+    session.receive_upstream(encode(PubAck(9), level), 11.0)
+    assert session.out.acked == [0.25, 1.0]
+    session.receive_upstream(encode(PubAck(9), level), 12.0)  # a duplicate acknowledgement is not a second one
+    assert session.out.acked == [0.25, 1.0]
+
+
+def test_a_resent_publish_keeps_its_first_time_and_a_refused_one_is_not_timed():
+    session = connected(5)
+    session.receive_device(encode(Publish("room/a", b"t", qos=1, packet_id=3), 5), 1.0)
+    session.receive_device(encode(Publish("room/a", b"t", qos=1, packet_id=3, dup=True), 5), 2.0)
+    session.receive_device(encode(Publish("elsewhere", b"t", qos=1, packet_id=4), 5), 2.0)  # denied by policy
+    session.receive_upstream(encode(PubAck(3), 5), 3.0)
+    session.receive_upstream(encode(PubAck(4), 5), 3.0)
+    assert session.out.acked == [2.0]
