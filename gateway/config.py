@@ -9,7 +9,7 @@
     proxy_protocol = false                   # true: PROXY protocol v2 headers from trusted_proxies name the device
     trusted_proxies = ["10.0.0.0/24"]        # addresses (CIDR) of the TCP load balancers allowed to send them
     region = "us-east-1"
-    tls_engine = "pyopenssl"                 # device TLS: pyOpenSSL over memory BIOs, or "stdlib" (ssl + uvloop)
+    tls_engine = "pyopenssl"                 # device and upstream TLS: pyOpenSSL (memory BIOs) or "stdlib"
 
     [limits]                                 # every field of Limits, e.g.
     handshake_timeout = 10.0
@@ -94,8 +94,9 @@ class GatewayConfig:
     # otherwise MQTT over WebSocket on /mqtt (SigV4 or a custom authorizer). None: not opened.
     token_port: int | None = None
     upstream: str = DEFAULT_UPSTREAM
-    # who terminates device TLS: "pyopenssl" (the OpenSSL bundled with cryptography, over memory BIOs) or
-    # "stdlib" (the ssl module through the event loop's TLS transport); both verify the same way
+    # the TLS engine of the device listeners and of the mqtts:// upstream: "pyopenssl" (the OpenSSL bundled with
+    # cryptography, over memory BIOs; the upstream resumes the broker's session) or "stdlib" (the ssl module
+    # through the event loop's TLS transport); both verify the same way
     tls_engine: str = "pyopenssl"
     upstream_username: str = GATEWAY_CLIENT_CN
     upstream_password_file: Path | None = None

@@ -572,7 +572,8 @@ class Gateway:
         pki = PKIPaths(cfg.home)
         target = parse_upstream_url(cfg.upstream)
         self.connector = UpstreamConnector(target, pki, username=cfg.upstream_username,
-                                           password_file=cfg.password_file, timeout=cfg.limits.upstream_timeout)
+                                           password_file=cfg.password_file, timeout=cfg.limits.upstream_timeout,
+                                           engine=cfg.tls_engine)
         if self._registry is None:
             self._registry = await self.loop.run_in_executor(
                 self._executor, lambda: Registry.open(cfg.registry_url, create=False))

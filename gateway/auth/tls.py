@@ -93,13 +93,14 @@ def server_context(cert: Path, key: Path, ca_pems: Sequence[str], *, client_cert
     return ctx
 
 
-def classify_reason(reason: str, verify_message: str | None = None) -> HandshakeFailed:
+def classify_reason(reason: str, verify_message: str | None = None, peer: str = "client") -> HandshakeFailed:
     """A handshake failure from OpenSSL's reason (its macro name, e.g. ``CERTIFICATE_VERIFY_FAILED``) and, for a
-    refused chain, the verification's message; shared by both engines so they log the same keys."""
+    refused chain, the verification's message; shared by both engines so they log the same keys. ``peer`` names
+    whose certificate was verified: the device's ("client") or, on the upstream, the broker's."""
     if reason == "CERTIFICATE_VERIFY_FAILED" or verify_message:
         detail = verify_message or reason
         key = "certificate_expired" if "expired" in detail else "certificate_verify_failed"
-        return HandshakeFailed(key, f"client certificate refused: {detail}")
+        return HandshakeFailed(key, f"{peer} certificate refused: {detail}")
     if reason in ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "CERTIFICATE_REQUIRED"):
         return HandshakeFailed("no_client_certificate", "no client certificate presented")
     if reason in ("UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION", "NO_PROTOCOLS_AVAILABLE"):

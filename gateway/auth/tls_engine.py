@@ -25,6 +25,7 @@ below the most it ever held; plaintext is read in chunks of one TLS record at mo
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,7 +35,8 @@ from OpenSSL import SSL, crypto
 
 from gateway.auth.tls import HandshakeFailed, PeerTLS, classify_reason
 
-__all__ = ["OpenSSLTLSAcceptor", "TLSServerTransport", "server_context"]
+__all__ = ["OpenSSLTLSAcceptor", "OpenSSLTLSConnector", "TLSClientTransport", "TLSServerTransport", "client_context",
+           "server_context"]
 
 # CPython's server default for TLS 1.2 (Lib/ssl.py: PY_SSL_DEFAULT_CIPHER_STRING): forward secrecy, AEAD or
 # SHA-2 MACs only. TLS 1.3 suites are OpenSSL's defaults in both engines.
@@ -103,13 +105,13 @@ def _verify_message(conn: SSL.Connection) -> str | None:
         return None
 
 
-def _classify(exc: BaseException, conn: SSL.Connection) -> HandshakeFailed:
+def _classify(exc: BaseException, conn: SSL.Connection, peer: str = "client") -> HandshakeFailed:
     if isinstance(exc, SSL.SysCallError):
         return HandshakeFailed("handshake_aborted", "connection closed during the TLS handshake")
     if isinstance(exc, SSL.Error):
         reason = _reason(exc)
         verify = _verify_message(conn) if reason == "CERTIFICATE_VERIFY_FAILED" else None
-        return classify_reason(reason or str(exc), verify)
+        return classify_reason(reason or str(exc), verify, peer)
     return HandshakeFailed("handshake_failed", f"TLS handshake failed: {type(exc).__name__}: {exc}")
 
 
@@ -117,6 +119,7 @@ class TLSServerTransport(asyncio.Protocol, asyncio.Transport):
     """One device connection: the TCP protocol below, the transport the session writes plaintext to above."""
 
     __slots__ = ("_app", "_closing", "_factory", "_ssl", "_tcp", "_waiter")
+    _PEER = "client"  # whose certificate a refused handshake refused
 
     def __init__(self, conn: SSL.Connection, protocol_factory: Callable[[], asyncio.Protocol],
                  waiter: asyncio.Future) -> None:
@@ -180,14 +183,14 @@ class TLSServerTransport(asyncio.Protocol, asyncio.Transport):
             return
         except SSL.Error as exc:
             self._flush()  # the alert OpenSSL queued goes out before the close
-            self._fail(_classify(exc, conn))
+            self._fail(_classify(exc, conn, self._PEER))
             return
         self._flush()
-        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert) if (cert := conn.get_peer_certificate()) else b""
-        sni = conn.get_servername()
-        alpn = conn.get_alpn_proto_negotiated()
-        peer = PeerTLS(der, sni.decode("ascii", "replace") if sni else None, conn.get_protocol_version_name(),
-                       conn.get_cipher_name(), alpn.decode("ascii", "replace") if alpn else None)
+        try:
+            peer = self._established()
+        except HandshakeFailed as exc:
+            self._fail(exc)
+            return
         waiter, self._waiter = self._waiter, None
         self._factory, factory = None, self._factory
         if waiter.done():  # the deadline passed in the same loop iteration
@@ -196,6 +199,15 @@ class TLSServerTransport(asyncio.Protocol, asyncio.Transport):
         app.connection_made(self)
         waiter.set_result(peer)
         self._read()  # application data (or the client's close) that came with its last flight
+
+    def _established(self) -> PeerTLS:
+        """What the handshake established (the device's certificate, SNI, version, cipher, ALPN)."""
+        conn = self._ssl
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert) if (cert := conn.get_peer_certificate()) else b""
+        sni = conn.get_servername()
+        alpn = conn.get_alpn_proto_negotiated()
+        return PeerTLS(der, sni.decode("ascii", "replace") if sni else None, conn.get_protocol_version_name(),
+                       conn.get_cipher_name(), alpn.decode("ascii", "replace") if alpn else None)
 
     def _fail(self, error: HandshakeFailed) -> None:
         waiter, self._waiter = self._waiter, None
@@ -216,22 +228,26 @@ class TLSServerTransport(asyncio.Protocol, asyncio.Transport):
                 waiter.set_exception(HandshakeFailed("handshake_timeout",
                                                      "TLS handshake did not complete within the deadline"))
 
-    def _read(self) -> None:
+    def _read(self) -> bool:
+        """Decrypt what came and give it to the protocol; True when some application data was delivered."""
         conn = self._ssl
         app = self._app
+        delivered = False
         try:
             while app is not None and not self._closing:
                 app.data_received(conn.recv(_READ_SIZE))
+                delivered = True
         except SSL.WantReadError:
             pass
-        except SSL.ZeroReturnError:  # the device's close_notify: answer it and close
+        except SSL.ZeroReturnError:  # the peer's close_notify: answer it and close
             self.close()
-            return
-        except SSL.Error:  # a bad record or the device's alert: nothing more can be read
+            return delivered
+        except SSL.Error:  # a bad record or the peer's alert: nothing more can be read
             self._flush()
             self.abort()
-            return
+            return delivered
         self._flush()
+        return delivered
 
     def _flush(self) -> None:
         tcp = self._tcp
@@ -379,3 +395,140 @@ class OpenSSLTLSAcceptor:
             tls.abort()
             raise HandshakeFailed("no_client_certificate", "no client certificate presented")
         return tls, tls.get_protocol(), peer
+
+
+# --------------------------------------------------------------------------------------------- the client side
+
+def client_context(cert: Path, key: Path, cafile: Path) -> SSL.Context:
+    """The gateway's upstream client context: its own identity, the broker's chain verified against ``cafile``
+    (the broker's name is checked per connection, ``TLSClientTransport``). Sessions are kept for resumption."""
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_options(SSL.OP_ALL | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_COMPRESSION)
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    ctx.set_cipher_list(TLS12_CIPHERS)
+    ctx.use_certificate_chain_file(str(cert))
+    ctx.use_privatekey_file(str(key))
+    ctx.check_privatekey()
+    ctx.load_verify_locations(str(cafile))
+    ctx.set_verify(SSL.VERIFY_PEER)  # OpenSSL's chain verification; a failure ends the handshake with its alert
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_CLIENT)
+    return ctx
+
+
+def certificate_matches_host(cert: x509.Certificate, host: str) -> bool:
+    """RFC 6125 as the stdlib checks it: an IP literal against the IP addresses of subjectAltName, a name against
+    its DNS names (case-insensitive, a wildcard only as the whole leftmost label); no subjectAltName, no match
+    (the subject's CN is never used)."""
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None:
+        return address in names.get_values_for_type(x509.IPAddress)
+    wanted = host.rstrip(".").lower()
+    first, _, parent = wanted.partition(".")
+    for name in names.get_values_for_type(x509.DNSName):
+        name = name.rstrip(".").lower()
+        if name == wanted:
+            return True
+        if name.startswith("*.") and "*" not in name[2:] and first and parent == name[2:] and "." in parent:
+            return True
+    return False
+
+
+class SessionStore:
+    """The newest resumable session of one upstream: the gateway's next connections resume it (TLS 1.3 tickets
+    or TLS 1.2 session ids), so the broker's certificate is verified once per ticket, not once per device."""
+
+    __slots__ = ("session", "resumed", "full")
+
+    def __init__(self) -> None:
+        self.session: SSL.Session | None = None
+        self.resumed = 0  # handshakes that resumed a session
+        self.full = 0     # full handshakes
+
+
+def _session_reused(conn: SSL.Connection) -> bool:
+    """SSL_session_reused: pyOpenSSL has no accessor; read through its own bindings, for the count only."""
+    try:
+        from OpenSSL._util import lib
+
+        return bool(lib.SSL_session_reused(conn._ssl))
+    except Exception:  # noqa: BLE001 - a binding that moved: counted as a full handshake
+        return False
+
+
+class TLSClientTransport(TLSServerTransport):
+    """The gateway's end of one upstream connection: the same memory-BIO transport, as a client that checks the
+    broker's name once OpenSSL has verified its chain, and saves the session once the broker has spoken (a TLS 1.3
+    ticket arrives after the handshake, before the broker's first application data)."""
+
+    __slots__ = ("_host", "_store")
+    _PEER = "the broker's"
+
+    def __init__(self, conn: SSL.Connection, protocol_factory: Callable[[], asyncio.Protocol],
+                 waiter: asyncio.Future, host: str, store: SessionStore | None) -> None:
+        super().__init__(conn, protocol_factory, waiter)
+        self._host = host
+        self._store = store
+
+    def _established(self) -> PeerTLS:
+        cert = self._ssl.get_peer_certificate()
+        if cert is None or not certificate_matches_host(cert.to_cryptography(), self._host):
+            self.abort()
+            raise HandshakeFailed("hostname_mismatch", f"the broker's certificate is not valid for {self._host!r}")
+        store = self._store
+        if store is not None:
+            if _session_reused(self._ssl):
+                store.resumed += 1
+            else:
+                store.full += 1
+        return super()._established()
+
+    def _read(self) -> bool:
+        delivered = super()._read()
+        if delivered and self._store is not None:
+            session = self._ssl.get_session()
+            if session is not None:
+                self._store.session = session
+            self._store = None  # once per connection
+        return delivered
+
+
+class OpenSSLTLSConnector:
+    """Opens TLS client connections over pyOpenSSL memory BIOs (the gateway's upstream with ``tls_engine =
+    "pyopenssl"``): TCP, the handshake with the stored session offered, the name check, then ``protocol_factory``'s
+    protocol on the returned transport."""
+
+    def __init__(self, cert: Path, key: Path, cafile: Path, *, resume: bool = True) -> None:
+        self.context = client_context(cert, key, cafile)
+        self.sessions = SessionStore() if resume else None
+
+    async def connect(self, host: str, port: int, protocol_factory: Callable[[], asyncio.Protocol], *,
+                      server_name: str | None = None) -> asyncio.Transport:
+        loop = asyncio.get_running_loop()
+        name = server_name or host
+        conn = SSL.Connection(self.context, None)
+        conn.set_connect_state()
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            conn.set_tlsext_host_name(name.encode("idna"))  # SNI carries names, never addresses (RFC 6066)
+        store = self.sessions
+        if store is not None and store.session is not None:
+            conn.set_session(store.session)
+        waiter = loop.create_future()
+        tls = TLSClientTransport(conn, protocol_factory, waiter, name, store)
+        await loop.create_connection(lambda: tls, host, port)
+        tls._handshake()  # the ClientHello
+        try:
+            await waiter
+        except BaseException:
+            tls.abort()
+            raise
+        return tls

@@ -169,7 +169,8 @@ class _Collector(Collector):
         for direction, n in sorted(m.messages.items()):
             messages.add_metric([m.worker, direction], n)
         yield messages
-        accepted = sum(n for (event, decision, _), n in m.events.items() if event == "connect" and decision == "allowed")
+        accepted = sum(n for (event, decision, _), n in m.events.items()
+                       if event == "connect" and decision == "allowed")
         connects = CounterMetricFamily("iotgate_worker_connections_accepted", "Accepted device sessions, per worker "
                                        "process.", labels=["worker"])
         connects.add_metric([m.worker], accepted)

@@ -1,7 +1,12 @@
 """The gateway's own authenticated channel to the upstream broker: one connection per device session.
 
 ``mqtts://host:port``  mutual TLS with the gateway's client identity (gateway-client.pem), the broker's
-                       certificate verified against the home's CA chain and its name checked.
+                       certificate verified against the home's CA chain and its name checked. With the default
+                       TLS engine (pyOpenSSL over memory BIOs, as on the device side) the gateway's connections
+                       resume the broker's newest session (TLS 1.3 ticket or 1.2 session id): a broker that
+                       issues tickets does one full handshake per ticket lifetime, not one per device, and a
+                       ticket it no longer accepts is simply a full handshake. ``tls_engine = "stdlib"``: the
+                       ssl module through the event loop, a full handshake each time.
 ``unix:///path.sock``  a co-located broker on a unix socket in a 0700 directory, authenticated with the
                        gateway's own username and password (read once from a 0600 file).
 
@@ -22,6 +27,7 @@ from urllib.parse import urlsplit
 
 from certs.errors import IotgateError
 from certs.store import PKIPaths
+from gateway.auth.tls import HandshakeFailed
 
 
 class UpstreamError(IotgateError):
@@ -64,12 +70,16 @@ def parse_upstream_url(url: str, *, what: str = "upstream") -> UpstreamTarget:
     raise UpstreamError(f"{what} {url!r}: unsupported scheme {parts.scheme!r}; {hint}")
 
 
-def client_context(pki: PKIPaths) -> ssl.SSLContext:
-    """One TLS client context for every upstream connection: the gateway's identity, the home's CAs."""
+def _check_identity(pki: PKIPaths) -> None:
     for path in (pki.client_cert, pki.client_key, pki.chain):
         if not path.exists():
             raise UpstreamError(f"{path}: missing; the gateway's upstream identity comes from "
                                 f"`iotgate --home {pki.home} pki init`")
+
+
+def client_context(pki: PKIPaths) -> ssl.SSLContext:
+    """One stdlib TLS client context for every upstream connection: the gateway's identity, the home's CAs."""
+    _check_identity(pki)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_verify_locations(cafile=str(pki.chain))
@@ -110,14 +120,23 @@ class UpstreamConnector:
     """Opens the upstream connection of one device session (asyncio protocols, no streams)."""
 
     def __init__(self, target: UpstreamTarget, pki: PKIPaths, *, username: str | None = None,
-                 password_file: Path | None = None, timeout: float = 10.0) -> None:
+                 password_file: Path | None = None, timeout: float = 10.0, engine: str = "pyopenssl") -> None:
         self.target = target
         self.timeout = timeout
         self.username: str | None = None
         self.password: bytes | None = None
         self._ssl: ssl.SSLContext | None = None
+        self.tls = None  # the pyOpenSSL connector (gateway.auth.tls_engine.OpenSSLTLSConnector)
         if target.scheme == "mqtts":
-            self._ssl = client_context(pki)
+            if engine == "pyopenssl":
+                from gateway.auth.tls_engine import OpenSSLTLSConnector
+
+                _check_identity(pki)
+                self.tls = OpenSSLTLSConnector(pki.client_cert, pki.client_key, pki.chain)
+            elif engine == "stdlib":
+                self._ssl = client_context(pki)
+            else:
+                raise UpstreamError(f"tls_engine {engine!r}: use \"pyopenssl\" or \"stdlib\"")
         else:
             check_private_dir(Path(target.path).parent)
             if not username or password_file is None:
@@ -129,6 +148,11 @@ class UpstreamConnector:
         loop = asyncio.get_running_loop()
         t = self.target
         async with asyncio.timeout(self.timeout):
+            if self.tls is not None:
+                try:
+                    return await self.tls.connect(t.host, t.port, protocol_factory)
+                except HandshakeFailed as exc:
+                    raise UpstreamError(f"TLS with the broker {t}: {exc.reason}") from None
             if t.scheme != "unix":
                 transport, _ = await loop.create_connection(protocol_factory, t.host, t.port, ssl=self._ssl,
                                                             server_hostname=t.host, ssl_handshake_timeout=self.timeout)
