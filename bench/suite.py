@@ -7,6 +7,8 @@ Same machine, same PKI, same device identities (EC P-256, one certificate each),
   (user + system of the server process from /proc), connects/s, CONNACK latency p50/p99 (TCP connect to
   CONNACK, as the client saw it) and who saturated: the server (>= 0.9 of a core), the load generator, or
   neither (the client's concurrency bounds the rate).
+* paced connects -- AWS IoT Core's default account connect rate (500/s) held for a few seconds: CONNACK p50/p99
+  measured from when each connect was due (a client that falls behind counts as latency).
 * idle memory -- RSS growth of the server per connected idle device, its upstream link included.
 * forwarding -- one publisher device -> server -> one subscriber device, QoS 0 and QoS 1 (a window of
   in-flight PUBLISHes); CPU of every server process on the path per delivered message.
@@ -130,6 +132,32 @@ def _client_main(home: str, names: list[str], source: str, concurrency: int, con
                         tg.create_task(one(name))
                 conn.send(("connected", {"latencies": lat, "errors": errors[:5], "failed": len(errors),
                                          "cpu": time.process_time() - cpu0, "tls": tls}))
+            elif cmd == "paced":
+                # connect i of this process is due at start + i / rate; its latency runs from when it was due (a
+                # client that falls behind shows up as latency, not as a lower rate)
+                host, port, rate, count = arg
+                lat, errors, lag = [], [], []
+                cpu0 = time.process_time()
+                start = time.perf_counter() + 0.05
+
+                async def due(i, name):
+                    at = start + i / rate
+                    await asyncio.sleep(max(0.0, at - time.perf_counter()))
+                    lag.append(time.perf_counter() - at)
+                    try:
+                        r, w, *_ = await connect_device(host, port, contexts[name], name, source)
+                    except (OSError, ssl.SSLError, ConnectionError) as exc:
+                        errors.append(f"{name}: {exc}")
+                        return
+                    lat.append(time.perf_counter() - at)
+                    held.append(w)
+
+                async with asyncio.TaskGroup() as tg:
+                    for i, name in enumerate(names[:count]):
+                        tg.create_task(due(i, name))
+                conn.send(("connected", {"latencies": lat, "errors": errors[:5], "failed": len(errors),
+                                         "cpu": time.process_time() - cpu0, "lag": lag,
+                                         "wall": time.perf_counter() - start}))
             elif cmd == "disconnect":
                 for w in held:
                     w.write(b"\xe0\x00")
@@ -172,6 +200,12 @@ class LoadGenerator:
     def connect(self, host: str, port: int) -> list[dict]:
         for pipe in self.pipes:
             pipe.send(("connect", (host, port)))
+        return [self._expect(pipe, "connected") for pipe in self.pipes]
+
+    def paced(self, host: str, port: int, rate: float, seconds: float) -> list[dict]:
+        per = rate / len(self.pipes)
+        for pipe in self.pipes:
+            pipe.send(("paced", (host, port, per, int(per * seconds))))
         return [self._expect(pipe, "connected") for pipe in self.pipes]
 
     def disconnect(self) -> None:
@@ -257,6 +291,24 @@ def storm(gen: LoadGenerator, port: int, server_pid: int, behind_pid: int | None
         result["saturated"] = "load generator (machine's cores busy)"
     else:
         result["saturated"] = "neither (bounded by the clients' concurrency)"
+    gen.disconnect()
+    time.sleep(0.5)
+    return result
+
+
+def paced(gen: LoadGenerator, port: int, server_pid: int, rate: float, seconds: float) -> dict:
+    """AWS IoT Core's default account connect rate, held for ``seconds``: is every CONNACK back in time?"""
+    cpu0 = cpu_seconds(server_pid)
+    t0 = time.perf_counter()
+    parts = gen.paced("127.0.0.1", port, rate, seconds)
+    wall = time.perf_counter() - t0
+    cpu = cpu_seconds(server_pid) - cpu0
+    lat = [x for p in parts for x in p["latencies"]]
+    lag = [x for p in parts for x in p["lag"]]
+    result = {"rate": rate, "seconds": seconds, "connected": len(lat), "failed": sum(p["failed"] for p in parts),
+              "errors": [e for p in parts for e in p["errors"]][:5],
+              "connack_p50_ms": percentile(lat, 0.50) * 1e3, "connack_p99_ms": percentile(lat, 0.99) * 1e3,
+              "client_lag_p99_ms": percentile(lag, 0.99) * 1e3, "server_cores": cpu / wall}
     gen.disconnect()
     time.sleep(0.5)
     return result
@@ -404,6 +456,16 @@ def build_rows(r: dict) -> list[tuple[str, str, str, str, str, str]]:
              f"{fmt(ms['connack_p50_ms'], '', 1)} / {fmt(ms['connack_p99_ms'], ' ms', 1)}",
              ratio(s["connack_p99_ms"], ms["connack_p99_ms"]), "", ""),
         ]
+        pg, pm = g.get("paced"), m.get("paced")
+        if pg and pm:
+            rows.append((f"paced {pg['rate']:,.0f} connects/s for {pg['seconds']:g} s: CONNACK p50 / p99 ({up}; "
+                         f"server cores {pg['server_cores']:.2f} / {pm['server_cores']:.2f}; client lag p99 "
+                         f"{fmt(pg['client_lag_p99_ms'], '', 1)} / {fmt(pm['client_lag_p99_ms'], ' ms', 1)}"
+                         + (f"; {pg['failed']} failed" if pg["failed"] else "") + ")",
+                         f"{fmt(pg['connack_p50_ms'], '', 1)} / {fmt(pg['connack_p99_ms'], ' ms', 1)}",
+                         f"{fmt(pm['connack_p50_ms'], '', 1)} / {fmt(pm['connack_p99_ms'], ' ms', 1)}",
+                         ratio(pg["connack_p99_ms"], pm["connack_p99_ms"]), "p99 < 100 ms, none failed",
+                         "met" if pg["connack_p99_ms"] < 100 and not pg["failed"] else "NOT met"))
         rss_ratio = s["rss_per_idle_kib"] / ms["rss_per_idle_kib"] if ms["rss_per_idle_kib"] > 0 else None
         rows.append((f"RSS per idle device, {s['connected']:,} devices ({up}; Mosquitto behind it "
                      f"{fmt(s['behind_rss_per_idle_kib'], ' KiB', 1)})", fmt(s["rss_per_idle_kib"], " KiB", 1),
@@ -448,6 +510,8 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=5000, help="devices in the storm and the idle fleet")
     parser.add_argument("--clients", type=int, default=2, help="load-generator processes (one source address each)")
     parser.add_argument("--concurrency", type=int, default=32, help="connects in flight per client process")
+    parser.add_argument("--paced-rate", type=float, default=500.0, help="connects/s of the paced row (0: skip)")
+    parser.add_argument("--paced-seconds", type=float, default=5.0, help="how long the paced rate is held")
     parser.add_argument("--messages", type=int, default=30000, help="messages per forwarding row")
     parser.add_argument("--issue", type=int, default=100_000, help="identities for the issuance row (0: skip)")
     parser.add_argument("--policy-requests", type=int, default=200_000, help="policy bench requests (0: skip)")
@@ -461,7 +525,7 @@ def main() -> int:
     started = time.perf_counter()
     results: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                      "machine": f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-                                f"{ssl.OPENSSL_VERSION} (client and Mosquitto), gateway device TLS: pyOpenSSL over "
+                                f"{ssl.OPENSSL_VERSION} (client and Mosquitto), gateway TLS (devices and upstream): pyOpenSSL over "
                                 f"{_gateway_openssl()}",
                      "devices": opts.devices, "clients": opts.clients, "concurrency": opts.concurrency}
     gen = None
@@ -490,6 +554,8 @@ def main() -> int:
                     print("Mosquitto direct: storm, idle, forwarding", flush=True)
                     r = {"storm": storm(gen, broker_cfg.port, broker.pid, None),
                          "group": tls_group(home, names[0], broker_cfg.port)}
+                    if opts.paced_rate:
+                        r["paced"] = paced(gen, broker_cfg.port, broker.pid, opts.paced_rate, opts.paced_seconds)
                     for qos in (0, 1):
                         r[f"qos{qos}"] = forward(broker_cfg.port, home, names, [broker.pid], qos, opts.messages)
                     results[phase] = r
@@ -500,6 +566,8 @@ def main() -> int:
                 gw = start_gateway(home, base, upstream, opts.devices)
                 try:
                     r = {"storm": storm(gen, gw.port, gw.pid, broker.pid), "group": tls_group(home, names[0], gw.port)}
+                    if opts.paced_rate:
+                        r["paced"] = paced(gen, gw.port, gw.pid, opts.paced_rate, opts.paced_seconds)
                     for qos in (0, 1):
                         r[f"qos{qos}"] = forward(gw.port, home, names, [gw.pid, broker.pid], qos, opts.messages)
                     results[phase] = r

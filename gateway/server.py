@@ -574,6 +574,8 @@ class Gateway:
         self.connector = UpstreamConnector(target, pki, username=cfg.upstream_username,
                                            password_file=cfg.password_file, timeout=cfg.limits.upstream_timeout,
                                            engine=cfg.tls_engine)
+        if self.connector.tls is not None:
+            self.metrics.upstream_tls = self.connector.tls.sessions
         if self._registry is None:
             self._registry = await self.loop.run_in_executor(
                 self._executor, lambda: Registry.open(cfg.registry_url, create=False))

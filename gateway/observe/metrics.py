@@ -40,6 +40,7 @@ class Metrics:
         self.decisions: Counter[tuple[str, str]] = Counter()  # (action, outcome)
         self.flow_packets: Counter[str] = Counter()  # allowed packets by action
         self.flow_bytes: Counter[str] = Counter()
+        self.upstream_tls = None  # the upstream's SessionStore (gateway.auth.tls_engine) where sessions are resumed
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
         self.handshake_seconds = Histogram("iotgate_tls_handshake_seconds", "Completed device TLS handshakes.",
@@ -148,6 +149,12 @@ class _Collector(Collector):
         yield sizes
         yield GaugeMetricFamily("iotgate_registry_version", "The registry change counter of the gateway's view.",
                                 value=m.registry_version)
+        if m.upstream_tls is not None:
+            handshakes = CounterMetricFamily("iotgate_upstream_tls_handshakes", "The gateway's TLS handshakes with "
+                                             "the broker, full or resuming its session.", labels=["session"])
+            handshakes.add_metric(["full"], m.upstream_tls.full)
+            handshakes.add_metric(["resumed"], m.upstream_tls.resumed)
+            yield handshakes
         yield from self._per_worker()
 
     def _per_worker(self):

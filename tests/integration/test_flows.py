@@ -237,6 +237,9 @@ def test_metrics_match_the_access_log(run):
     # one forwarding round trip per QoS 1 publish the broker acknowledged (the extra device's is one of them)
     forwards = next(s.value for s in families["iotgate_forward_seconds"].samples if s.name.endswith("_count"))
     assert 1 <= forwards <= packets["iot:Publish"]
+    # the gateway's own sessions with the broker: one full handshake, the rest resumed it
+    upstream = {s.labels["session"]: s.value for s in families["iotgate_upstream_tls_handshakes"].samples}
+    assert upstream["full"] >= 1 and upstream["full"] + upstream["resumed"] >= connacks and upstream["resumed"] >= 1
     per_worker = {s.labels["worker"]: s.value for s in families["iotgate_worker_connections_accepted"].samples}
     assert per_worker == {"0": from_log[("connect", "allowed", "connected")]}  # a gateway without workers is worker 0
     assert next(iter(families["iotgate_registry_version"].samples)).value > 0
