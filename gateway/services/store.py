@@ -13,6 +13,8 @@ publishes them to the broker, which every gateway's subscribers share.
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -105,6 +107,19 @@ outbox = sa.Table(
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
 )
+
+
+@functools.cache
+def _next_version_statement(backend: str):
+    """Built once per backend (a connect storm calls it once per CONNECT): the upsert with a bound client id."""
+    if backend == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    statement = insert(client_versions).values(client_id=sa.bindparam("client_id"), version=1)
+    return statement.on_conflict_do_update(
+        index_elements=[client_versions.c.client_id],
+        set_={"version": client_versions.c.version + 1}).returning(client_versions.c.version)
 
 
 class ServiceStore:
@@ -212,17 +227,10 @@ class ServiceStore:
     # ------------------------------------------------------------------ lifecycle, outbox
 
     def next_client_version(self, client_id: str) -> int:
+        """The client id's next lifecycle version: one atomic upsert (INSERT ... ON CONFLICT DO UPDATE ...
+        RETURNING, on SQLite and PostgreSQL alike), so concurrent connects of one client id never share a number."""
         with self.write() as conn:
-            self._claim(conn, client_versions, client_id=client_id)
-            row = conn.execute(self._lock(sa.select(client_versions.c.version).where(
-                client_versions.c.client_id == client_id))).first()
-            version = (row.version if row else 0) + 1
-            if row is None:
-                conn.execute(sa.insert(client_versions).values(client_id=client_id, version=version))
-            else:
-                conn.execute(sa.update(client_versions).where(client_versions.c.client_id == client_id)
-                             .values(version=version))
-        return version
+            return int(conn.execute(_next_version_statement(self.backend), {"client_id": client_id}).scalar_one())
 
     def enqueue(self, conn: Connection, messages) -> None:
         rows = [dict(topic=m.topic, payload=m.payload, created_at=_now()) for m in messages]

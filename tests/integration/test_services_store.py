@@ -95,3 +95,13 @@ def test_lifecycle_versions_grow_per_client(registry):
     store = ServiceStore.of(registry)
     assert [store.next_client_version("c1") for _ in range(3)] == [1, 2, 3]
     assert store.next_client_version("c2") == 1
+
+
+def test_concurrent_connects_of_one_client_never_share_a_version(registry):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = ServiceStore.of(registry)
+    store.ensure()
+    with ThreadPoolExecutor(8) as pool:
+        versions = list(pool.map(lambda _: store.next_client_version("busy"), range(40)))
+    assert sorted(versions) == list(range(1, 41))
