@@ -45,6 +45,7 @@ SESSION_ID_CONTEXT = b"iotgate"
 _SLICE_IN = 4096    # ciphertext fed to the incoming BIO at a time
 _SLICE_OUT = 4096   # plaintext encrypted at a time (the outgoing BIO holds about this much at most)
 _READ_SIZE = 16384  # one TLS record's plaintext
+_DELIVER_AT = 65536  # plaintext gathered from one read before it goes to the protocol (one record more at most)
 _BIO_READ = 65536
 
 
@@ -229,25 +230,42 @@ class TLSServerTransport(asyncio.Protocol, asyncio.Transport):
                                                      "TLS handshake did not complete within the deadline"))
 
     def _read(self) -> bool:
-        """Decrypt what came and give it to the protocol; True when some application data was delivered."""
+        """Decrypt what came and give it to the protocol in one call per batch (a peer that sends one small record
+        per MQTT packet would otherwise cost one session step and one write back per packet); True when some
+        application data was delivered."""
         conn = self._ssl
-        app = self._app
+        chunks: list[bytes] = []
+        size = 0
         delivered = False
+        ended = None
         try:
-            while app is not None and not self._closing:
-                app.data_received(conn.recv(_READ_SIZE))
-                delivered = True
+            while self._app is not None and not self._closing:
+                chunk = conn.recv(_READ_SIZE)
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= _DELIVER_AT:
+                    self._deliver(chunks)
+                    delivered, chunks, size = True, [], 0
         except SSL.WantReadError:
             pass
-        except SSL.ZeroReturnError:  # the peer's close_notify: answer it and close
-            self.close()
-            return delivered
+        except SSL.ZeroReturnError:  # the peer's close_notify: what came before it is delivered, then we close
+            ended = self.close
         except SSL.Error:  # a bad record or the peer's alert: nothing more can be read
+            ended = self.abort
+        if chunks:
+            self._deliver(chunks)
+            delivered = True
+        if ended is not None:
             self._flush()
-            self.abort()
+            ended()
             return delivered
         self._flush()
         return delivered
+
+    def _deliver(self, chunks: list[bytes]) -> None:
+        app = self._app
+        if app is not None and not self._closing:
+            app.data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def _flush(self) -> None:
         tcp = self._tcp
