@@ -168,6 +168,8 @@ class ServiceHub:
         self._presence: dict[int, Presence] = {}  # touched on the worker thread only
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._lifecycle: list[tuple[str, tuple]] = []  # events waiting for the worker thread (on the loop)
+        self._lifecycle_busy = False
         self._inflight: dict[int, int] = {}  # connection key -> requests not yet answered
         self._inflight_total = 0
         self.requests = 0
@@ -247,20 +249,37 @@ class ServiceHub:
         self._inflight_total -= 1
         self._publish(future)
 
+    # Lifecycle events go through one ordered queue: while the worker thread handles a batch, the next events
+    # wait on the loop; the next batch takes them all, and its connects get their versions in one transaction
+    # (a connect storm commits once per batch, not once per device). A connection's own events stay in order.
+
     def connected(self, key: int, caller: Caller) -> None:
-        self._submit(self._connected, key, caller, self.clock())
+        self._lifecycle_event("connected", key, caller, self.clock())
 
     def subscribed(self, key: int, event: str, topics: list[str]) -> None:
-        self._submit(self._subscriptions, key, event, topics, self.clock())
+        self._lifecycle_event("subscribed", key, event, topics, self.clock())
 
     def disconnected(self, key: int, close_key: str) -> None:
-        self._submit(self._disconnected, key, close_key, self.clock())
+        self._lifecycle_event("disconnected", key, close_key, self.clock())
 
-    def _submit(self, fn, *args) -> None:
+    def _lifecycle_event(self, kind: str, *args) -> None:
         if self._closed or self._loop is None:
             return
-        future = self._loop.run_in_executor(self._executor, fn, *args)
-        future.add_done_callback(self._publish)
+        self._lifecycle.append((kind, args))
+        if not self._lifecycle_busy:
+            self._next_lifecycle_batch()
+
+    def _next_lifecycle_batch(self) -> None:
+        batch, self._lifecycle = self._lifecycle, []
+        self._lifecycle_busy = True
+        future = self._loop.run_in_executor(self._executor, self._lifecycle_batch, batch)
+        future.add_done_callback(self._lifecycle_done)
+
+    def _lifecycle_done(self, future: asyncio.Future) -> None:
+        self._lifecycle_busy = False
+        self._publish(future)
+        if self._lifecycle and not self._closed:
+            self._next_lifecycle_batch()
 
     def _publish(self, future: asyncio.Future) -> None:
         if future.cancelled():
@@ -288,8 +307,20 @@ class ServiceHub:
             self._on_error(f"service {service.name} on {request.topic}", exc)
             return []
 
-    def _connected(self, key: int, caller: Caller, now: float) -> list[Message]:
-        version = self.store.next_client_version(caller.client_id)
+    def _lifecycle_batch(self, batch: list[tuple[str, tuple]]) -> list[Message]:
+        connecting = [args[1].client_id for kind, args in batch if kind == "connected"]
+        versions = iter(self.store.next_client_versions(connecting) if connecting else ())
+        out: list[Message] = []
+        for kind, args in batch:
+            if kind == "connected":
+                out += self._connected(*args, version=next(versions))
+            elif kind == "subscribed":
+                out += self._subscriptions(*args)
+            else:
+                out += self._disconnected(*args)
+        return out
+
+    def _connected(self, key: int, caller: Caller, now: float, *, version: int) -> list[Message]:
         p = self._presence[key] = Presence(caller.client_id, str(uuid.uuid4()), caller.principal_id,
                                            caller.source_ip, version)
         return [connected(p, int(now * 1000))]

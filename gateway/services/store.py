@@ -227,10 +227,15 @@ class ServiceStore:
     # ------------------------------------------------------------------ lifecycle, outbox
 
     def next_client_version(self, client_id: str) -> int:
-        """The client id's next lifecycle version: one atomic upsert (INSERT ... ON CONFLICT DO UPDATE ...
-        RETURNING, on SQLite and PostgreSQL alike), so concurrent connects of one client id never share a number."""
+        return self.next_client_versions([client_id])[0]
+
+    def next_client_versions(self, client_ids: list[str]) -> list[int]:
+        """Each client id's next lifecycle version, in order, in one transaction: one atomic upsert each (INSERT
+        ... ON CONFLICT DO UPDATE ... RETURNING, on SQLite and PostgreSQL alike), so concurrent connects of one
+        client id never share a number, and a client id twice in the list gets two."""
+        statement = _next_version_statement(self.backend)
         with self.write() as conn:
-            return int(conn.execute(_next_version_statement(self.backend), {"client_id": client_id}).scalar_one())
+            return [int(conn.execute(statement, {"client_id": c}).scalar_one()) for c in client_ids]
 
     def enqueue(self, conn: Connection, messages) -> None:
         rows = [dict(topic=m.topic, payload=m.payload, created_at=_now()) for m in messages]

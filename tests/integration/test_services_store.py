@@ -95,6 +95,8 @@ def test_lifecycle_versions_grow_per_client(registry):
     store = ServiceStore.of(registry)
     assert [store.next_client_version("c1") for _ in range(3)] == [1, 2, 3]
     assert store.next_client_version("c2") == 1
+    # a batch of connects (one transaction): in order, a client id twice gets two numbers
+    assert store.next_client_versions(["c3", "c1", "c3"]) == [1, 4, 2]
 
 
 def test_concurrent_connects_of_one_client_never_share_a_version(registry):
