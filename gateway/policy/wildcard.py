@@ -12,6 +12,8 @@ so matching is linear in practice and never exponential whatever the request tex
 
 from __future__ import annotations
 
+import functools
+
 import re
 from typing import Iterable, Sequence
 
@@ -150,7 +152,14 @@ ANY = Matcher("any", None)
 
 
 def compile_pattern(segments: Iterable[Segment]) -> Matcher:
-    segments = list(segments)
+    """The matcher of a pattern given as (text, wildcards-apply) segments. Matchers are immutable, so the ones
+    of recent patterns are shared (a policy's constant components, such as ``arn`` or an account id, are the
+    same for every device; its per-device ones come and go through the bounded cache)."""
+    return _compile(tuple(segments))
+
+
+@functools.lru_cache(maxsize=8192)
+def _compile(segments: tuple[Segment, ...]) -> Matcher:
     atoms = _atoms(segments)
     if not atoms:
         return Matcher("exact", "")
