@@ -143,6 +143,10 @@ class ServiceLink:
             self._transport = None
 
 
+
+#: how long a lifecycle event waits for others to share its transaction (see ServiceHub.connected)
+LIFECYCLE_WINDOW = 0.005
+
 class ServiceHub:
     """What the gateway holds: ``serves`` for sessions, ``request`` / ``connected`` / ``subscribed`` /
     ``disconnected`` from connections, ``run`` as one of its tasks."""
@@ -249,9 +253,10 @@ class ServiceHub:
         self._inflight_total -= 1
         self._publish(future)
 
-    # Lifecycle events go through one ordered queue: while the worker thread handles a batch, the next events
-    # wait on the loop; the next batch takes them all, and its connects get their versions in one transaction
-    # (a connect storm commits once per batch, not once per device). A connection's own events stay in order.
+    # Lifecycle events go through one ordered queue: an event waits on the loop for LIFECYCLE_WINDOW, or until
+    # the worker thread is done with the batch before; the next batch takes them all, and its connects get their
+    # versions in one transaction (a connect storm commits once per batch, not once per device). A connection's
+    # own events stay in order.
 
     def connected(self, key: int, caller: Caller) -> None:
         self._lifecycle_event("connected", key, caller, self.clock())
@@ -267,9 +272,12 @@ class ServiceHub:
             return
         self._lifecycle.append((kind, args))
         if not self._lifecycle_busy:
-            self._next_lifecycle_batch()
+            self._lifecycle_busy = True
+            self._loop.call_later(LIFECYCLE_WINDOW, self._next_lifecycle_batch)
 
     def _next_lifecycle_batch(self) -> None:
+        if self._closed:
+            return
         batch, self._lifecycle = self._lifecycle, []
         self._lifecycle_busy = True
         future = self._loop.run_in_executor(self._executor, self._lifecycle_batch, batch)

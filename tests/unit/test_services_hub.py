@@ -140,13 +140,13 @@ def test_lifecycle_events_behind_a_busy_worker_go_as_one_ordered_batch():
         hub.connected(1, CALLER)  # the first batch: alone
         hub._executor.submit(gate.wait, 5)  # then the worker is busy
         await asyncio.sleep(0.05)
-        for key in (2, 3, 4):  # t2 goes at once (nothing in flight) and waits in the executor; the rest on the loop
+        for key in (2, 3, 4):  # they wait on the loop (the window, then the busy worker), and go as one batch
             hub.connected(key, Caller(f"t{key}", "cd" * 32, f"t{key}", "127.0.0.1"))
         hub.disconnected(3, "connection_lost")
         hub.connected(5, CALLER)  # the same client id again: a second number
         gate.set()
         await settle(hub, 6)
-        assert calls == [["t1"], ["t2"], ["t3", "t4", "t1"]]  # one transaction for the connects that waited
+        assert calls == [["t1"], ["t2", "t3", "t4", "t1"]]  # one transaction for the connects that waited
         events = [(t.rsplit("/", 2)[-2], d["clientId"], d.get("versionNumber")) for t, d in hub.link.published]
         assert events == [("connected", "t1", 1), ("connected", "t2", 1), ("connected", "t3", 1),
                           ("connected", "t4", 1), ("disconnected", "t3", 1), ("connected", "t1", 2)]
