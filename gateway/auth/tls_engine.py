@@ -1,4 +1,6 @@
-"""The device TLS engine on pyOpenSSL: one ``SSL.Connection`` over memory BIOs, driven from a plain TCP protocol.
+"""The gateway's TLS engine on pyOpenSSL: one ``SSL.Connection`` over memory BIOs, driven from a plain TCP
+protocol, for the device listeners (``OpenSSLTLSAcceptor``) and for the gateway's own connections to the broker
+(``OpenSSLTLSConnector``: its identity, the broker's chain and name checked, the broker's session resumed).
 
 Why: the stdlib ``ssl`` module here links the system's OpenSSL 3.0, whose server handshakes cost much more CPU
 than those of the OpenSSL the ``cryptography`` wheel bundles (which pyOpenSSL uses), and uvloop's TLS transport
@@ -19,7 +21,8 @@ Unlike the stdlib path, a refused handshake sends its TLS alert (``unknown_ca``,
 
 Memory choices: ``SSL_MODE_RELEASE_BUFFERS`` (OpenSSL frees a connection's record buffers while they are empty,
 i.e. while it is idle); records go through the BIOs in slices of a few KiB because a memory BIO never shrinks
-below the most it ever held; plaintext is read in chunks of one TLS record at most.
+below the most it ever held; plaintext is read one TLS record at a time and handed to the protocol in batches of
+up to 64 KiB (one call for the many small records of a busy peer).
 """
 
 from __future__ import annotations

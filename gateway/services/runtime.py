@@ -143,9 +143,9 @@ class ServiceLink:
             self._transport = None
 
 
-
 #: how long a lifecycle event waits for others to share its transaction (see ServiceHub.connected)
 LIFECYCLE_WINDOW = 0.005
+
 
 class ServiceHub:
     """What the gateway holds: ``serves`` for sessions, ``request`` / ``connected`` / ``subscribed`` /
@@ -317,11 +317,16 @@ class ServiceHub:
 
     def _lifecycle_batch(self, batch: list[tuple[str, tuple]]) -> list[Message]:
         connecting = [args[1].client_id for kind, args in batch if kind == "connected"]
-        versions = iter(self.store.next_client_versions(connecting) if connecting else ())
+        try:
+            versions = iter(self.store.next_client_versions(connecting) if connecting else ())
+        except Exception as exc:  # noqa: BLE001 - those connects get no event; the batch's other events still go
+            self._on_error("lifecycle versions", exc)
+            versions = None
         out: list[Message] = []
         for kind, args in batch:
             if kind == "connected":
-                out += self._connected(*args, version=next(versions))
+                if versions is not None:
+                    out += self._connected(*args, version=next(versions))
             elif kind == "subscribed":
                 out += self._subscriptions(*args)
             else:

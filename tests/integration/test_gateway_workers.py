@@ -58,7 +58,9 @@ class Node:
     def records(self) -> list[dict]:
         if not self.log.exists():
             return []
-        return [json.loads(x) for x in self.log.read_text().splitlines() if x.strip()]
+        # a worker may be writing while this reads: a last line without its newline is not complete yet
+        lines = self.log.read_text().splitlines(keepends=True)
+        return [json.loads(x) for x in lines if x.strip() and x.endswith("\n")]
 
     def record(self, **match) -> dict:
         found: list[dict] = []

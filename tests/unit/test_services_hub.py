@@ -151,3 +151,25 @@ def test_lifecycle_events_behind_a_busy_worker_go_as_one_ordered_batch():
         assert events == [("connected", "t1", 1), ("connected", "t2", 1), ("connected", "t3", 1),
                           ("connected", "t4", 1), ("disconnected", "t3", 1), ("connected", "t1", 2)]
     run_hub(body)
+
+
+def test_a_failing_version_store_loses_the_connects_but_not_the_disconnects():
+    async def body(hub: ServiceHub) -> None:
+        errors: list[str] = []
+        hub._on_error = lambda where, exc: errors.append(f"{where}: {exc}")
+        hub.connected(1, CALLER)
+        await settle(hub, 1)
+        real = hub.store.next_client_versions
+
+        def down(ids):
+            raise RuntimeError("registry down")
+
+        hub.store.next_client_versions = down
+        hub.connected(2, Caller("t2", "cd" * 32, "t2", "127.0.0.1"))
+        hub.disconnected(1, "connection_lost")
+        await settle(hub, 2)
+        assert [t for t, _ in hub.link.published] == ["$aws/events/presence/connected/t1",
+                                                      "$aws/events/presence/disconnected/t1"]
+        assert errors == ["lifecycle versions: registry down"]
+        hub.store.next_client_versions = real
+    run_hub(body)
