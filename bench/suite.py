@@ -103,6 +103,17 @@ def _client_main(home: str, names: list[str], source: str, concurrency: int, con
     contexts = {n: device_context(Path(home), n) for n in names}
     conn.send(("ready", None))
 
+    async def attempt(host: str, port: int, name: str, since: float, lat: list, errors: list, held: list):
+        """Connect one device and hold it; its latency from ``since``; a failure is counted, never raised."""
+        try:
+            _, w, *_ = await connect_device(host, port, contexts[name], name, source)
+        except (OSError, ssl.SSLError, ConnectionError) as exc:
+            errors.append(f"{name}: {exc}")
+            return None
+        lat.append(time.perf_counter() - since)
+        held.append(w)
+        return w
+
     async def serve():
         held = []
         while True:
@@ -114,15 +125,8 @@ def _client_main(home: str, names: list[str], source: str, concurrency: int, con
 
                 async def one(name):
                     async with sem:
-                        t0 = time.perf_counter()
-                        try:
-                            r, w, *_ = await connect_device(host, port, contexts[name], name, source)
-                        except (OSError, ssl.SSLError, ConnectionError) as exc:
-                            errors.append(f"{name}: {exc}")
-                            return
-                        lat.append(time.perf_counter() - t0)
-                        held.append(w)
-                        if len(held) == 1:
+                        w = await attempt(host, port, name, time.perf_counter(), lat, errors, held)
+                        if w is not None and not tls:
                             obj = w.get_extra_info("ssl_object")
                             tls.update(version=obj.version(), cipher=obj.cipher()[0])
 
@@ -144,13 +148,7 @@ def _client_main(home: str, names: list[str], source: str, concurrency: int, con
                     at = start + i / rate
                     await asyncio.sleep(max(0.0, at - time.perf_counter()))
                     lag.append(time.perf_counter() - at)
-                    try:
-                        r, w, *_ = await connect_device(host, port, contexts[name], name, source)
-                    except (OSError, ssl.SSLError, ConnectionError) as exc:
-                        errors.append(f"{name}: {exc}")
-                        return
-                    lat.append(time.perf_counter() - at)
-                    held.append(w)
+                    await attempt(host, port, name, at, lat, errors, held)
 
                 async with asyncio.TaskGroup() as tg:
                     for i, name in enumerate(names[:count]):
