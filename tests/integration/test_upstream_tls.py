@@ -145,3 +145,28 @@ def test_name_matching_table(fleet, names, host, matches):
     issuer = fleet.store.load_issuer()
     cert = issuer.issue_server(generate_private_key("ec-p256"), names, now=fleet.now)
     assert certificate_matches_host(cert, host) is matches
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("answer", [b"", b"HTTP/1.1 400 Bad Request\r\n\r\n"])
+def test_a_broker_that_is_not_tls_is_an_error_at_once(fleet, engine, answer):
+    """A listener that closes at once or answers in plaintext: an error well before the timeout, never a hang."""
+
+    async def run():
+        async def handle(reader, writer):
+            await reader.read(10)
+            writer.write(answer)
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            connector = UpstreamConnector(parse_upstream_url(f"mqtts://127.0.0.1:{port}"), PKIPaths(fleet.home),
+                                          timeout=5, engine=engine)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises((UpstreamError, OSError, ssl.SSLError)):
+                await _exchange(connector, "probe")
+            return loop.time() - started
+
+    assert asyncio.run(run()) < 2.0
