@@ -13,7 +13,6 @@ so matching is linear in practice and never exponential whatever the request tex
 from __future__ import annotations
 
 import functools
-
 import re
 from typing import Iterable, Sequence
 

@@ -14,7 +14,6 @@ publishes them to the broker, which every gateway's subscribers share.
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
